@@ -1,0 +1,64 @@
+"""Helpers for the tests: call a WSGI app the way a server does."""
+
+from __future__ import annotations
+
+import typing as t
+import wsgiref.util
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+
+class Response(t.NamedTuple):
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    iterable: t.Any
+
+
+def make_environ(
+    path: str = "/", method: str = "GET", extra: dict[str, t.Any] | None = None
+) -> dict[str, t.Any]:
+    environ: dict[str, t.Any] = {"PATH_INFO": path, "REQUEST_METHOD": method}
+    wsgiref.util.setup_testing_defaults(environ)
+    environ.update(extra or {})
+    return environ
+
+
+def _ignore_start_response(status: str, headers: list[tuple[str, str]], *exc_info: t.Any) -> t.Any:
+    return lambda data: None
+
+
+def call(
+    app: WSGIApplication, environ: dict[str, t.Any] | None = None, start_response: t.Any = None
+) -> t.Any:
+    """Call ``app`` once and return its iterable untouched, for tests that drive it."""
+    environ = environ if environ is not None else make_environ()
+    return app(environ, start_response or _ignore_start_response)
+
+
+def serve(
+    app: WSGIApplication,
+    path: str = "/",
+    method: str = "GET",
+    *,
+    environ: dict[str, t.Any] | None = None,
+    close: bool = True,
+) -> Response:
+    """Call ``app`` the way a server does: call, iterate, then close."""
+    environ = environ if environ is not None else make_environ(path, method)
+    started: list[t.Any] = []
+
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
+    ) -> t.Any:
+        started[:] = [status, headers]
+        return lambda data: None
+
+    iterable = app(environ, start_response)
+    try:
+        body = b"".join(iterable)
+    finally:
+        if close and hasattr(iterable, "close"):
+            iterable.close()
+    return Response(started[0], started[1], body, iterable)

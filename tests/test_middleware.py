@@ -1,0 +1,435 @@
+"""AfterMiddleware: options, errors before and during the response, PEP 3333 care."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import subprocess
+import sys
+import threading
+import typing as t
+import wsgiref.util
+import wsgiref.validate
+
+import pytest
+
+from tests.helpers import call, make_environ, serve
+from wsgi_after import AfterMiddleware, InlineRunner, Outcome, ThreadRunner, after, outcome
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+
+def test_default_runner_is_a_thread_runner_built_from_options() -> None:
+    middleware = AfterMiddleware(
+        lambda e, s: [], max_workers=3, max_pending=7, on_full="drop", drain_timeout=1.5
+    )
+    runner = middleware.runner
+    assert isinstance(runner, ThreadRunner)
+    assert (runner.max_workers, runner.max_pending, runner.on_full, runner.drain_timeout) == (
+        3,
+        7,
+        "drop",
+        1.5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param(
+            {"on_full": "wait"},
+            "'on_full' must be one of 'block', 'run' or 'drop', got 'wait'.",
+            id="on_full",
+        ),
+        pytest.param(
+            {"max_workers": 0}, "'max_workers' must be an int of at least 1, got 0.", id="workers"
+        ),
+        pytest.param(
+            {"max_pending": 1.5},
+            "'max_pending' must be an int of at least 1, got 1.5.",
+            id="pending",
+        ),
+        pytest.param(
+            {"drain_timeout": -1},
+            "'drain_timeout' must be a number of seconds of at least 0, got -1.",
+            id="drain",
+        ),
+    ],
+)
+def test_invalid_options_name_the_allowed_values(options: dict[str, t.Any], message: str) -> None:
+    with pytest.raises(ValueError, match="must be") as info:
+        AfterMiddleware(lambda e, s: [], **options)
+    assert str(info.value) == message
+
+
+def test_runner_without_submit_is_refused() -> None:
+    with pytest.raises(TypeError) as info:
+        AfterMiddleware(lambda e, s: [], runner=object())  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "'runner' must have a 'submit(fn)' method, like 'ThreadRunner' or a"
+        " 'concurrent.futures.Executor', got 'object'."
+    )
+
+
+def test_runner_with_pool_options_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"got 'max_workers' with 'runner'\. Pass the options"):
+        AfterMiddleware(lambda e, s: [], runner=InlineRunner(), max_workers=2)
+
+
+def test_an_executor_works_as_runner() -> None:
+    ran = threading.Event()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(ran.set)
+        start_response("200 OK", [])
+        return [b""]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        serve(AfterMiddleware(app, runner=pool))
+        assert ran.wait(5)
+
+
+def test_app_raising_before_returning_schedules_callbacks_and_reraises() -> None:
+    seen: list[Outcome | None] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(lambda: seen.append(outcome()))
+        raise KeyError("no")
+
+    with pytest.raises(KeyError):
+        serve(AfterMiddleware(app, runner=InlineRunner()))
+    assert len(seen) == 1
+    assert seen[0] is not None
+    assert isinstance(seen[0].error, KeyError)
+
+
+def test_error_while_iterating_is_recorded_and_callbacks_run() -> None:
+    seen: list[Outcome | None] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterator[bytes]:
+        after(lambda: seen.append(outcome()))
+        start_response("200 OK", [])
+        yield b"first"
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        serve(AfterMiddleware(app, runner=InlineRunner()))
+    [result] = seen
+    assert result is not None
+    assert (result.status, result.completed) == (200, False)
+    assert isinstance(result.error, OSError)
+
+
+def test_client_disconnect_mid_stream() -> None:
+    """The server stops iterating and calls close() with the socket error in flight."""
+    seen: list[Outcome | None] = []
+    generator_closed = threading.Event()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterator[bytes]:
+        after(lambda: seen.append(outcome()))
+        start_response("200 OK", [])
+        try:
+            for _ in range(100):
+                yield b"chunk"
+        finally:
+            generator_closed.set()
+
+    response = call(AfterMiddleware(app, runner=InlineRunner()))
+    chunks = iter(response)
+    assert next(chunks) == b"chunk"
+    try:  # what a server does when the socket write fails
+        raise BrokenPipeError("client went away")
+    except BrokenPipeError:
+        response.close()
+    assert generator_closed.is_set()
+    assert seen == [Outcome(200, False, None)]
+
+
+def test_close_calls_inner_close_first_and_is_idempotent() -> None:
+    events: list[str] = []
+
+    class Body:
+        def __iter__(self) -> t.Iterator[bytes]:
+            return iter([b"x"])
+
+        def close(self) -> None:
+            events.append("inner close")
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Body:
+        after(events.append, "callback")
+        start_response("200 OK", [])
+        return Body()
+
+    response = serve(AfterMiddleware(app, runner=InlineRunner()))
+    response.iterable.close()
+    response.iterable.close()
+    assert events == ["inner close", "callback"]
+
+
+def test_inner_close_error_propagates_and_callbacks_still_run() -> None:
+    ran: list[str] = []
+
+    class Body(list[bytes]):
+        def close(self) -> None:
+            raise RuntimeError("inner close failed")
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Body:
+        after(ran.append, "callback")
+        start_response("200 OK", [])
+        return Body([b"x"])
+
+    with pytest.raises(RuntimeError, match="inner close failed"):
+        serve(AfterMiddleware(app, runner=InlineRunner()))
+    assert ran == ["callback"]
+
+
+def test_concurrent_close_schedules_once() -> None:
+    submitted: list[object] = []
+    inner_closes: list[int] = []
+
+    class Recorder:
+        def submit(self, fn: t.Callable[[], object]) -> None:
+            submitted.append(fn)
+
+    class Body(list[bytes]):
+        def close(self) -> None:
+            inner_closes.append(1)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Body:
+        after(print)
+        start_response("200 OK", [])
+        return Body([b"x"])
+
+    middleware = AfterMiddleware(app, runner=Recorder())
+    for _ in range(50):
+        response = call(middleware)
+        barrier = threading.Barrier(8, timeout=5)
+
+        def close(response: t.Any = response, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            response.close()
+
+        threads = [threading.Thread(target=close) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+    assert len(submitted) == 50
+    assert len(inner_closes) == 50
+
+
+def test_nothing_a_callback_does_reaches_close() -> None:
+    def fatal() -> None:
+        raise SystemExit(3)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(fatal)
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(AfterMiddleware(app, runner=InlineRunner()))  # does not raise
+
+
+def test_start_response_exc_info_and_write_pass_through() -> None:
+    calls: list[tuple[t.Any, ...]] = []
+    written: list[bytes] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], *exc_info: t.Any) -> t.Any:
+        calls.append((status, headers, *exc_info))
+        return written.append
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("A", "1")])
+        try:
+            raise ValueError("late")
+        except ValueError:
+            write = start_response("500 Internal Server Error", [("B", "2")], sys.exc_info())
+        write(b"via write")
+        return [b"tail"]
+
+    response = call(AfterMiddleware(app, runner=InlineRunner()), None, start_response)
+    assert list(response) == [b"tail"]
+    assert calls[0] == ("200 OK", [("A", "1")])
+    assert calls[1][:2] == ("500 Internal Server Error", [("B", "2")])
+    assert calls[1][2][0] is ValueError
+    assert written == [b"via write"]
+
+
+def test_chunks_are_yielded_as_they_come() -> None:
+    produced: list[int] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterator[bytes]:
+        start_response("200 OK", [])
+        for i in range(3):
+            produced.append(i)
+            yield str(i).encode()
+
+    response = call(AfterMiddleware(app, runner=InlineRunner()))
+    chunks = iter(response)
+    assert next(chunks) == b"0"
+    assert produced == [0]
+    assert next(chunks) == b"1"
+    assert produced == [0, 1]
+    response.close()
+
+
+def test_len_only_when_the_inner_iterable_has_it() -> None:
+    def listing(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"a", b"b", b"c"]
+
+    def generating(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"a"
+
+    sized = call(AfterMiddleware(listing, runner=InlineRunner()))
+    unsized = call(AfterMiddleware(generating, runner=InlineRunner()))
+    assert len(sized) == 3
+    assert not hasattr(unsized, "__len__")
+    with pytest.raises(TypeError):
+        len(unsized)
+    sized.close()
+    unsized.close()
+
+
+def test_file_wrapper_response_is_returned_unwrapped() -> None:
+    ran: list[Outcome | None] = []
+
+    class ServerFileWrapper(wsgiref.util.FileWrapper):
+        pass
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        after(lambda: ran.append(outcome()))
+        start_response("200 OK", [("Content-Length", "5")])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"hello"), 2)
+
+    environ = make_environ(extra={"wsgi.file_wrapper": ServerFileWrapper})
+    response = call(AfterMiddleware(app, runner=InlineRunner()), environ)
+    assert type(response) is ServerFileWrapper  # the server still finds its sendfile path
+    assert environ["wsgi.file_wrapper"] is ServerFileWrapper  # restored (gunicorn reads it again)
+    assert response.filelike.fileno is not None
+    assert b"".join(response) == b"hello"
+    assert ran == []
+    response.close()
+    response.close()  # waitress may close twice
+    assert ran == [Outcome(200, True, None)]
+
+
+def test_file_wrapper_proxy_keeps_the_real_file_descriptor(tmp_path: t.Any) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"x" * 1000)
+    seen: list[t.Any] = []
+
+    def server_wrapper(filelike: t.Any, blksize: int = 8192) -> t.Any:
+        seen.append(filelike)
+        return wsgiref.util.FileWrapper(filelike, blksize)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        after(print)
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](open(path, "rb"))
+
+    environ = make_environ(extra={"wsgi.file_wrapper": server_wrapper})
+    response = call(AfterMiddleware(app, runner=InlineRunner()), environ)
+    proxy = seen[0]
+    with open(path, "rb") as real:
+        assert isinstance(proxy.fileno(), int)
+        assert proxy.fileno() != real.fileno()
+    assert proxy.seek(10) == 10
+    assert proxy.tell() == 10
+    response.close()
+    assert proxy.closed
+
+
+def test_file_wrapper_restored_when_the_app_raises() -> None:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        raise RuntimeError("x")
+
+    environ = make_environ(extra={"wsgi.file_wrapper": wsgiref.util.FileWrapper})
+    with pytest.raises(RuntimeError):
+        call(AfterMiddleware(app, runner=InlineRunner()), environ)
+    assert environ["wsgi.file_wrapper"] is wsgiref.util.FileWrapper
+
+
+def test_nested_middleware_passes_through() -> None:
+    ran: list[str] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(ran.append, "once")
+        start_response("200 OK", [])
+        return [b""]
+
+    inner = AfterMiddleware(app, runner=InlineRunner())
+    outer = AfterMiddleware(inner, runner=InlineRunner())
+    response = serve(outer)
+    assert ran == ["once"]
+    assert type(response.iterable).__name__ == "SizedClosingResponse"
+
+
+def test_environ_is_released_after_the_callbacks_ran() -> None:
+    import gc
+    import weakref
+
+    class Environ(dict[str, t.Any]):
+        pass
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(print, end="")
+        start_response("200 OK", [])
+        return [b""]
+
+    environ = Environ(make_environ())
+    ref = weakref.ref(environ)
+    gc.disable()  # reference counting alone must free it: no cycle left behind
+    try:
+        serve(AfterMiddleware(app, runner=InlineRunner()), environ=environ)
+        del environ
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+VALIDATED_APP = """
+import sys, wsgiref.validate, wsgiref.util
+from wsgi_after import AfterMiddleware, InlineRunner, after
+
+ran = []
+
+def app(environ, start_response):
+    after(ran.append, environ["PATH_INFO"])
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    if environ["PATH_INFO"] == "/stream":
+        return iter([b"a", b"b"])
+    if environ["PATH_INFO"] == "/file":
+        return environ["wsgi.file_wrapper"](open(sys.executable, "rb"), 65536)
+    return [b"hello"]
+
+for stack in ("outside", "inside"):
+    if stack == "outside":
+        wrapped = wsgiref.validate.validator(AfterMiddleware(app, runner=InlineRunner()))
+    else:
+        wrapped = AfterMiddleware(wsgiref.validate.validator(app), runner=InlineRunner())
+    for path in ("/", "/stream", "/file"):
+        environ = {}
+        wsgiref.util.setup_testing_defaults(environ)
+        environ["PATH_INFO"] = path
+        environ["QUERY_STRING"] = ""
+        environ["wsgi.file_wrapper"] = wsgiref.util.FileWrapper
+        result = wrapped(environ, lambda status, headers, exc_info=None: None)
+        for chunk in result:
+            pass
+        result.close()
+print(ran)
+"""
+
+
+def test_passes_wsgiref_validator_with_warnings_as_errors() -> None:
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", VALIDATED_APP],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(["/", "/stream", "/file"] * 2)

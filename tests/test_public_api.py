@@ -1,0 +1,27 @@
+"""The public API: what wsgi_after exports, and that the core needs nothing else."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import wsgi_after
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    public = {name for name in vars(wsgi_after) if not name.startswith("_")}
+    modules = {"middleware", "runner"}  # submodules imported by __init__
+    assert set(wsgi_after.__all__) == public - modules
+    assert wsgi_after.__all__ == sorted(wsgi_after.__all__)
+
+
+def test_core_imports_only_the_standard_library() -> None:
+    code = (
+        "import sys; before = set(sys.modules);"
+        "import wsgi_after, wsgi_after.middleware, wsgi_after.runner;"
+        "new = {m.split('.')[0] for m in set(sys.modules) - before};"
+        "print(sorted(new - sys.stdlib_module_names - {'wsgi_after'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

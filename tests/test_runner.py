@@ -1,0 +1,307 @@
+"""ThreadRunner and InlineRunner: bounded queue policies, stats, fork, shutdown."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import typing as t
+
+import pytest
+
+from tests.helpers import serve
+from wsgi_after import AfterMiddleware, InlineRunner, RunnerStats, ThreadRunner, after
+from wsgi_after._droplog import DropLog
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+
+def blocked_runner(
+    on_full: t.Literal["block", "run", "drop"], max_pending: int = 2
+) -> tuple[ThreadRunner, threading.Event, threading.Event]:
+    """A one-worker runner whose worker is busy until ``release`` is set."""
+    runner = ThreadRunner(max_workers=1, max_pending=max_pending, on_full=on_full, drain_timeout=5)
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        release.wait(10)
+
+    runner.submit(hold)
+    assert busy.wait(5)
+    return runner, busy, release
+
+
+def test_submit_runs_on_named_worker_threads(runner: ThreadRunner) -> None:
+    names: list[str] = []
+    done = threading.Event()
+
+    def record() -> None:
+        names.append(threading.current_thread().name)
+        done.set()
+
+    runner.submit(record)
+    assert done.wait(5)
+    assert names[0].startswith("test-runner-")
+
+
+def test_threads_start_lazily() -> None:
+    runner = ThreadRunner(max_workers=3, name="lazy")
+    assert not [th for th in threading.enumerate() if th.name.startswith("lazy-")]
+    runner.submit(lambda: None)
+    assert runner.wait_idle(5)
+    assert sorted(th.name for th in threading.enumerate() if th.name.startswith("lazy-")) == [
+        "lazy-0",
+        "lazy-1",
+        "lazy-2",
+    ]
+    runner.shutdown(5)
+
+
+def test_stats_count_completed_failed_and_delay(runner: ThreadRunner) -> None:
+    runner.submit(lambda: None)
+    runner.submit(lambda: False)  # a chain reports failed callbacks this way
+
+    def raises() -> None:
+        raise ValueError("task")
+
+    runner.submit(raises)
+    assert runner.wait_idle(5)
+    stats = runner.stats()
+    assert (stats.queued, stats.running, stats.completed, stats.failed, stats.dropped) == (
+        0,
+        0,
+        3,
+        2,
+        0,
+    )
+    assert stats.max_queue_delay >= 0
+    assert isinstance(stats, RunnerStats)
+
+
+def test_wait_idle_times_out_while_busy() -> None:
+    runner, _, release = blocked_runner("block")
+    assert runner.wait_idle(0.05) is False
+    assert runner.stats().running == 1
+    release.set()
+    assert runner.wait_idle(5) is True
+    runner.shutdown(5)
+
+
+def test_queue_full_block_waits_for_room() -> None:
+    runner, _, release = blocked_runner("block", max_pending=1)
+    runner.submit(lambda: None)  # fills the queue
+    returned = threading.Event()
+
+    def submit_third() -> None:
+        runner.submit(lambda: None)
+        returned.set()
+
+    thread = threading.Thread(target=submit_third)
+    thread.start()
+    assert not returned.wait(0.2)  # blocked while the queue is full
+    assert runner.stats().queued == 1
+    release.set()
+    assert returned.wait(5)
+    thread.join(5)
+    assert runner.wait_idle(5)
+    assert runner.stats().completed == 3
+    runner.shutdown(5)
+
+
+def test_queue_full_run_runs_inline() -> None:
+    runner, _, release = blocked_runner("run", max_pending=1)
+    runner.submit(lambda: None)
+    ran_in: list[str] = []
+    runner.submit(lambda: ran_in.append(threading.current_thread().name))
+    assert ran_in == [threading.current_thread().name]
+    release.set()
+    assert runner.wait_idle(5)
+    runner.shutdown(5)
+
+
+def test_queue_full_drop_logs_every_callback_by_name(log: pytest.LogCaptureFixture) -> None:
+    runner, _, release = blocked_runner("drop", max_pending=1)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(notify_customer, 1)
+        after(notify_customer, 2)
+        start_response("200 OK", [])
+        return [b""]
+
+    middleware = AfterMiddleware(app, runner=runner)
+    serve(middleware, "/a")  # queued
+    serve(middleware, "/b")  # dropped
+    messages = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert (
+        messages
+        == [
+            "Dropped callback 'tests.test_runner.notify_customer' queued by 'GET /b':"
+            " the queue is full (max_pending=1).",
+        ]
+        * 2
+    )
+    assert runner.stats().dropped == 1
+    release.set()
+    assert runner.wait_idle(5)
+    runner.shutdown(5)
+
+
+def notify_customer(n: int) -> None:
+    pass
+
+
+def test_drop_log_names_the_first_then_counts(log: pytest.LogCaptureFixture) -> None:
+    drops = DropLog("full.", burst=2, interval=60)
+    for i in range(5):
+        drops.record(["mod.a", "mod.b"] if i % 2 else ["mod.a"], f"GET /{i}")
+    drops.close()
+    messages = [r.getMessage() for r in log.records]
+    assert messages == [
+        "Dropped callback 'mod.a' queued by 'GET /0': full.",
+        "Dropped callback 'mod.a' queued by 'GET /1': full.",
+        "Dropped 5 more callbacks in the last 60.0 s: 'mod.a' x3, 'mod.b' x2 (full.)",
+    ]
+
+
+def test_drop_log_summarises_each_interval_by_itself(log: pytest.LogCaptureFixture) -> None:
+    drops = DropLog("full.", burst=1, interval=0.05)
+    drops.record(["mod.a", "mod.a", "mod.a"], "GET /")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(log.records) < 2:
+        time.sleep(0.01)
+    drops.close()
+    assert [r.getMessage() for r in log.records][:2] == [
+        "Dropped callback 'mod.a' queued by 'GET /': full.",
+        "Dropped 2 more callbacks in the last 0.1 s: 'mod.a' x2 (full.)",
+    ]
+
+
+def test_shutdown_drains_then_runs_later_submits_inline(log: pytest.LogCaptureFixture) -> None:
+    runner = ThreadRunner(max_workers=2, drain_timeout=5)
+    ran: list[int] = []
+    for i in range(100):
+        runner.submit(lambda i=i: ran.append(i))  # type: ignore[misc]
+    assert runner.shutdown() is True
+    assert sorted(ran) == list(range(100))
+    runner.submit(lambda: ran.append(100))
+    assert ran[-1] == 100
+    [warning] = [r for r in log.records if r.levelname == "WARNING"]
+    assert "is shutting down" in warning.getMessage()
+
+
+def test_shutdown_timeout_logs_what_did_not_run(log: pytest.LogCaptureFixture) -> None:
+    runner, _, release = blocked_runner("block", max_pending=10)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(notify_customer, 1)
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(AfterMiddleware(app, runner=runner), "/late")
+    assert runner.shutdown(timeout=0.1) is False
+    errors = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert errors[0] == (
+        "Callback 'tests.test_runner.notify_customer' queued by 'GET /late' was not run:"
+        " 'wsgi-after' shut down before its turn (drain timeout 0.1 s)."
+    )
+    assert "were still running when 'wsgi-after' shut down" in errors[1]
+    assert runner.stats().dropped == 1
+    release.set()
+
+
+def test_inline_runner_runs_at_once_and_logs_failures(log: pytest.LogCaptureFixture) -> None:
+    runner = InlineRunner()
+    ran: list[int] = []
+    runner.submit(lambda: ran.append(1))
+    assert ran == [1]
+
+    def broken() -> None:
+        raise ValueError("x")
+
+    runner.submit(broken)
+    assert any(r.levelname == "ERROR" for r in log.records)
+    assert runner.wait_idle() is True
+    assert runner.shutdown() is True
+
+
+def test_runner_used_before_fork_works_in_the_child() -> None:
+    runner = ThreadRunner(max_workers=2)
+    runner.submit(lambda: None)
+    assert runner.wait_idle(5)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its threads are gone, the runner must start new ones
+        try:
+            done = threading.Event()
+            start = time.monotonic()
+            runner.submit(done.set)
+            ok = done.wait(5) and runner.wait_idle(5)
+            os.write(write_end, f"{ok} {time.monotonic() - start:.3f}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        report = pipe.read()
+    os.waitpid(pid, 0)
+    status, elapsed = report.split()
+    assert status == "True"
+    assert float(elapsed) < 1.0
+    runner.shutdown(5)
+
+
+EXITING_PROGRAM = """
+import logging, sys, time
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
+from wsgi_after import ThreadRunner
+
+def quick(i):
+    time.sleep(0.001)
+    sys.stdout.write(f"ran {i}\n")  # one write: lines from two threads never interleave
+
+def slow():
+    time.sleep(30)
+
+runner = ThreadRunner(max_workers=2, drain_timeout=float(sys.argv[1]))
+mode = sys.argv[2]
+for i in range(50):
+    runner.submit(lambda i=i: quick(i))
+if mode == "slow":
+    for i in range(4):
+        runner.submit(slow)
+sys.stdout.write("exiting\n")
+"""
+
+
+def test_interpreter_exit_drains_pending_callbacks() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", EXITING_PROGRAM, "10", "quick"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sum(line.startswith("ran ") for line in done.stdout.splitlines()) == 50
+
+
+def test_interpreter_exit_stops_at_drain_timeout_and_names_the_rest() -> None:
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", EXITING_PROGRAM, "0.5", "slow"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - start
+    assert done.returncode == 0, done.stderr
+    assert elapsed < 10
+    lines = done.stdout.splitlines()
+    assert sum(line.startswith("ran ") for line in lines) == 50
+    not_run = [line for line in lines if "was not run" in line]
+    cut_off = [line for line in lines if "still running" in line]
+    assert len(not_run) == 2
+    assert len(cut_off) == 2
+    assert all("'__main__.slow'" in line for line in not_run + cut_off)

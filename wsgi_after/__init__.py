@@ -1,0 +1,35 @@
+"""Run work after the response has been sent, in any WSGI app.
+
+::
+
+    from wsgi_after import AfterMiddleware, after
+
+    def app(environ, start_response):
+        after(send_audit_log, environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"done\\n"]
+
+    app = AfterMiddleware(app)
+"""
+
+from ._chain import Outcome as Outcome
+from ._chain import OutsideRequestError as OutsideRequestError
+from ._chain import after as after
+from ._chain import outcome as outcome
+from .middleware import AfterMiddleware as AfterMiddleware
+from .runner import InlineRunner as InlineRunner
+from .runner import Runner as Runner
+from .runner import RunnerStats as RunnerStats
+from .runner import ThreadRunner as ThreadRunner
+
+__all__ = [
+    "AfterMiddleware",
+    "InlineRunner",
+    "Outcome",
+    "OutsideRequestError",
+    "Runner",
+    "RunnerStats",
+    "ThreadRunner",
+    "after",
+    "outcome",
+]

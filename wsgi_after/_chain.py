@@ -1,0 +1,275 @@
+"""One request's callbacks: :class:`Chain`, :func:`after` and :func:`outcome`.
+
+:class:`~wsgi_after.AfterMiddleware` makes a :class:`Chain` for every request and
+makes it *current* (a :class:`~contextvars.ContextVar`, and
+``environ["wsgi_after.chain"]``). :func:`after` appends to the current chain; when
+the response is closed the middleware calls :meth:`Chain.finish`, and the runner
+later calls the chain, which runs the callbacks in order::
+
+    from wsgi_after import after
+
+    def view(environ, start_response):
+        after(send_audit_log, environ["PATH_INFO"])
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import typing as t
+from types import CoroutineType
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from .runner import Runner
+
+P = t.ParamSpec("P")
+R = t.TypeVar("R")
+
+logger = logging.getLogger("wsgi_after")
+
+_current: contextvars.ContextVar[Chain | None] = contextvars.ContextVar(
+    "wsgi_after.chain", default=None
+)
+
+# Chain states. A chain accepts callbacks while OPEN (the request runs) and while
+# RUNNING (a callback queues another); QUEUED and DONE refuse them.
+OPEN, QUEUED, RUNNING, DONE = range(4)
+
+
+class OutsideRequestError(RuntimeError):
+    """:func:`after` was called while no request handled by the middleware is current."""
+
+
+class Outcome(t.NamedTuple):
+    """How the request that queued a callback ended, as :func:`outcome` reports it."""
+
+    #: The status code given to ``start_response``, or None if it was never called.
+    status: int | None
+    #: False when the body was not fully sent (client disconnect, error while iterating).
+    completed: bool
+    #: The exception the app or its response iterable raised, else None.
+    error: BaseException | None
+
+
+class Chain:
+    """The callbacks of one request, their :mod:`contextvars` snapshots and its outcome.
+
+    Calling the chain runs every callback in registration order, each inside the
+    context that was current when :func:`after` queued it, and inside
+    :attr:`scope` when an integration set one. A callback that raises is logged on
+    the ``wsgi_after`` logger with its name and the request's method and path; the
+    rest still run. Calling the chain never raises; it returns False when any
+    callback failed, which the runner counts.
+    """
+
+    __slots__ = (
+        "_start_response",
+        "callbacks",
+        "completed",
+        "environ",
+        "error",
+        "file_response",
+        "runner",
+        "scope",
+        "started",
+        "state",
+        "status",
+    )
+
+    def __init__(
+        self, environ: WSGIEnvironment, runner: Runner, start_response: StartResponse
+    ) -> None:
+        #: ``(func, args, kwargs, context)`` tuples, in registration order.
+        self.callbacks: list[
+            tuple[t.Any, tuple[t.Any, ...], dict[str, t.Any], contextvars.Context]
+        ] = []
+        #: The request's environ until the chain is done (None after).
+        self.environ: WSGIEnvironment | None = environ
+        #: Where :meth:`on_close` submits the chain.
+        self.runner = runner
+        self._start_response: StartResponse | None = start_response
+        #: The status line given to ``start_response``.
+        self.status: str | None = None
+        #: True once the body was fully sent.
+        self.completed = False
+        #: The exception the app or its response iterable raised.
+        self.error: BaseException | None = None
+        #: Integrations' seam: a factory of the context manager entered around each
+        #: callback (the Flask extension pushes the request context with it).
+        self.scope: t.Callable[[], t.ContextManager[object]] | None = None
+        self.state = OPEN
+        #: Index of the callback running now (or of the next to run).
+        self.started = 0
+        #: What the server's ``wsgi.file_wrapper`` returned during the request, if called.
+        self.file_response: object = None
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], *exc_info: t.Any
+    ) -> t.Callable[[bytes], object]:
+        """The ``start_response`` the app gets: records the status, then passes through."""
+        self.status = status
+        return self._start_response(status, headers, *exc_info)  # type: ignore[misc]
+
+    def outcome(self) -> Outcome:
+        """The request's :class:`Outcome` as recorded so far."""
+        status = self.status
+        code = int(status[:3]) if status and status[:3].isdigit() else None
+        return Outcome(code, self.completed, self.error)
+
+    def describe(self) -> str:
+        """``METHOD /path`` of the request, for log messages."""
+        environ = self.environ
+        if environ is None:
+            return "a finished request"
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        return f"{environ.get('REQUEST_METHOD', '?')} {path or '/'}"
+
+    def callback_names(self) -> list[str]:
+        """The names of the callbacks not yet run or running, for drop and shutdown logs."""
+        return [callback_name(c[0]) for c in self.callbacks[self.started :]]
+
+    def discard(self) -> None:
+        """Forget the callbacks without running them (after they were logged as lost)."""
+        for func, *_ in self.callbacks:
+            if type(func) is CoroutineType:
+                func.close()  # no "never awaited" warning for a coroutine we dropped
+        self._release()
+
+    def __call__(self) -> bool:
+        self.state = RUNNING
+        ok = True
+        try:
+            # A list iterator sees what a running callback appends (nested after()).
+            for i, (func, args, kwargs, ctx) in enumerate(self.callbacks):
+                self.started = i
+                try:
+                    if self.scope is None:
+                        _invoke(ctx, func, args, kwargs)
+                    else:
+                        with self.scope():
+                            _invoke(ctx, func, args, kwargs)
+                except Exception:
+                    ok = False
+                    logger.error(
+                        "Callback '%s' queued by '%s' raised.",
+                        callback_name(func),
+                        self.describe(),
+                        exc_info=True,
+                    )
+        finally:
+            self._release()
+        return ok
+
+    def _release(self) -> None:
+        # environ["wsgi_after.chain"] refers to this chain: break the cycle so that
+        # reference counting, not the garbage collector, frees the request.
+        self.state = DONE
+        self.callbacks = []
+        self.environ = self.scope = self._start_response = None
+
+    def on_close(self) -> None:
+        """The response was closed: hand the callbacks to the runner, once."""
+        if self.state != OPEN:
+            return
+        self.state = QUEUED
+        if _current.get() is self:
+            _current.set(None)  # this thread may serve another request next
+        if not self.callbacks:  # most requests: drop the references at once
+            self.state = DONE
+            self.environ = self._start_response = None
+            return
+        try:
+            self.runner.submit(self)
+        except Exception:
+            logger.error(
+                "Callbacks %s queued by '%s' were not run: %r refused them.",
+                self.callback_names(),
+                self.describe(),
+                self.runner,
+                exc_info=True,
+            )
+            self.discard()
+
+
+def _invoke(
+    ctx: contextvars.Context,
+    func: t.Any,
+    args: tuple[t.Any, ...],
+    kwargs: dict[str, t.Any],
+) -> None:
+    if type(func) is CoroutineType:
+        ctx.run(asyncio.run, func)
+        return
+    result = ctx.run(func, *args, **kwargs)
+    if type(result) is CoroutineType:
+        ctx.run(asyncio.run, result)
+
+
+def callback_name(func: object) -> str:
+    """``module.qualname`` of a callback (its type's for other callables)."""
+    name = getattr(func, "__qualname__", None)
+    if name is None:
+        func = type(func)
+        name = func.__qualname__
+    module = getattr(func, "__module__", None)
+    return f"{module}.{name}" if module else str(name)
+
+
+@t.overload
+def after(func: t.Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> t.Callable[P, R]: ...
+@t.overload
+def after(func: t.Coroutine[t.Any, t.Any, object], /) -> None: ...
+def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
+    """Run ``func(*args, **kwargs)`` after the current response has been sent.
+
+    The callback runs on the runner (a worker thread by default), after the
+    server has sent the response and closed it, in the order of the ``after()``
+    calls and inside a copy of the :mod:`contextvars` context current now. A
+    coroutine function, or a coroutine object, runs to completion there on its
+    own event loop. Called from inside a running callback, it appends to the
+    same request's chain. Returns ``func``, so ``@after`` over a function with no
+    parameters queues it and leaves the name bound to it.
+
+    Error policy: if the callback raises, the error is logged on the
+    ``wsgi_after`` logger with the callback's name and the request's method and
+    path, and the request's remaining callbacks still run.
+
+    :param func: a callable, or a coroutine object (then without arguments).
+    :raises TypeError: if ``func`` is neither callable nor a coroutine.
+    :raises OutsideRequestError: if no request handled by
+        :class:`~wsgi_after.AfterMiddleware` is current.
+    """
+    chain = _current.get()
+    if not callable(func):
+        if type(func) is not CoroutineType:
+            raise TypeError(
+                f"'after()' needs a callable or a coroutine, got {type(func).__name__!r}."
+            )
+        if args or kwargs:
+            raise TypeError(
+                "'after()' got arguments for a coroutine object. Pass the coroutine"
+                " function and its arguments instead: 'after(func, *args)'."
+            )
+    if chain is None or chain.state == QUEUED or chain.state == DONE:
+        raise OutsideRequestError(
+            "'after()' was called outside a request handled by 'AfterMiddleware'."
+            " Wrap the WSGI app with 'AfterMiddleware' or call 'After.init_app(app)'."
+        )
+    chain.callbacks.append((func, args, kwargs, contextvars.copy_context()))
+    return func if type(func) is not CoroutineType else None
+
+
+def outcome() -> Outcome | None:
+    """The :class:`Outcome` of the request whose callback is running, else None.
+
+    Inside a callback it tells how the response ended: the status code, whether
+    the body was fully sent, and the error the app raised, if any.
+    """
+    chain = _current.get()
+    if chain is None or chain.state != RUNNING:
+        return None
+    return chain.outcome()

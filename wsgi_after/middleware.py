@@ -1,0 +1,114 @@
+"""The WSGI middleware that runs callbacks after the response has been sent.
+
+::
+
+    from wsgi_after import AfterMiddleware, after
+
+    def app(environ, start_response):
+        after(print, "sent", environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hello\\n"]
+
+    app = AfterMiddleware(app)
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from ._chain import Chain, _current
+from ._response import FileWrapperHook, wrap_response
+from .runner import Runner, ThreadRunner
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+
+class AfterMiddleware:
+    """Runs the callbacks queued with :func:`~wsgi_after.after` once the server closes
+    the response, on ``runner``.
+
+    For each request it makes a chain of callbacks current, records the status
+    given to ``start_response``, and wraps the response iterable so that its
+    ``close()`` (PEP 3333) hands the chain to the runner: one ``submit`` per
+    request that queued anything. The client and the server's worker never wait
+    for the callbacks.
+
+    Error policy: callbacks' errors are logged, never raised into the server.
+    If the app raises before returning a response, no server calls ``close()``,
+    so the middleware hands the chain over itself and re-raises. A
+    ``wsgi.file_wrapper`` response is returned unwrapped, keeping the server's
+    sendfile path. An :class:`AfterMiddleware` inside another one passes
+    requests through: the outer one owns them.
+
+    :param app: the WSGI application to wrap.
+    :param runner: anything with ``submit(fn)``: :class:`~wsgi_after.ThreadRunner`,
+        :class:`~wsgi_after.InlineRunner`, a :class:`concurrent.futures.Executor`.
+        When omitted, a :class:`~wsgi_after.ThreadRunner` is built from the other
+        options (see it for their meaning and defaults).
+    :raises TypeError: if ``runner`` has no ``submit`` method, or is given with
+        pool options.
+    :raises ValueError: if a pool option is out of range.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        runner: Runner | None = None,
+        max_workers: int | None = None,
+        max_pending: int | None = None,
+        on_full: t.Literal["block", "run", "drop"] | None = None,
+        drain_timeout: float | None = None,
+    ) -> None:
+        options: dict[str, t.Any] = {
+            "max_workers": max_workers,
+            "max_pending": max_pending,
+            "on_full": on_full,
+            "drain_timeout": drain_timeout,
+        }
+        given = {k: v for k, v in options.items() if v is not None}
+        if runner is None:
+            runner = ThreadRunner(**given)
+        elif given:
+            raise TypeError(
+                f"'AfterMiddleware' got {', '.join(map(repr, given))} with 'runner'."
+                " Pass the options to the runner itself, e.g. 'ThreadRunner(max_workers=8)'."
+            )
+        elif not callable(getattr(runner, "submit", None)):
+            raise TypeError(
+                f"'runner' must have a 'submit(fn)' method, like 'ThreadRunner' or a"
+                f" 'concurrent.futures.Executor', got {type(runner).__name__!r}."
+            )
+        self.app = app
+        self.runner = runner
+        # One hook per server file_wrapper (a server has one): nothing to build per request.
+        self._file_wrapper_hooks: dict[t.Any, FileWrapperHook] = {}
+
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> t.Iterable[bytes]:
+        if "wsgi_after.chain" in environ:
+            return self.app(environ, start_response)
+        chain = Chain(environ, self.runner, start_response)
+        environ["wsgi_after.chain"] = chain
+        _current.set(chain)
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if file_wrapper is not None:
+            hook = self._file_wrapper_hooks.get(file_wrapper)
+            if hook is None:
+                hook = self._file_wrapper_hooks[file_wrapper] = FileWrapperHook(
+                    file_wrapper, _current.get
+                )
+            environ["wsgi.file_wrapper"] = hook
+        try:
+            result = self.app(environ, chain.start_response)
+        except BaseException as e:
+            chain.error = e
+            chain.on_close()
+            raise
+        finally:
+            if file_wrapper is not None:
+                # gunicorn reads it again to pick its sendfile path.
+                environ["wsgi.file_wrapper"] = file_wrapper
+        return wrap_response(result, chain)
