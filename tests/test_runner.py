@@ -253,7 +253,7 @@ def test_runner_used_before_fork_works_in_the_child() -> None:
     runner.shutdown(5)
 
 
-EXITING_PROGRAM = """
+EXITING_PROGRAM = r"""
 import logging, sys, time
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
 from wsgi_after import ThreadRunner

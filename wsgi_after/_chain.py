@@ -35,6 +35,9 @@ _current: contextvars.ContextVar[Chain | None] = contextvars.ContextVar(
     "wsgi_after.chain", default=None
 )
 
+#: Set by the pytest plugin's ``after_inline`` fixture: every chain runs on it.
+forced_runner: Runner | None = None
+
 # Chain states. A chain accepts callbacks while OPEN (the request runs) and while
 # RUNNING (a callback queues another); QUEUED and DONE refuse them.
 OPEN, QUEUED, RUNNING, DONE = range(4)
@@ -149,9 +152,8 @@ class Chain:
                 try:
                     if self.scope is None:
                         _invoke(ctx, func, args, kwargs)
-                    else:
-                        with self.scope():
-                            _invoke(ctx, func, args, kwargs)
+                    else:  # entered inside the snapshot, so what it sets is what func sees
+                        ctx.run(_invoke_in_scope, self.scope, func, args, kwargs)
                 except Exception:
                     ok = False
                     logger.error(
@@ -183,7 +185,7 @@ class Chain:
             self.environ = self._start_response = None
             return
         try:
-            self.runner.submit(self)
+            (forced_runner or self.runner).submit(self)
         except Exception:
             logger.error(
                 "Callbacks %s queued by '%s' were not run: %r refused them.",
@@ -207,6 +209,18 @@ def _invoke(
     result = ctx.run(func, *args, **kwargs)
     if type(result) is CoroutineType:
         ctx.run(asyncio.run, result)
+
+
+def _invoke_in_scope(
+    scope: t.Callable[[], t.ContextManager[object]],
+    func: t.Any,
+    args: tuple[t.Any, ...],
+    kwargs: dict[str, t.Any],
+) -> None:
+    with scope():
+        result = asyncio.run(func) if type(func) is CoroutineType else func(*args, **kwargs)
+        if type(result) is CoroutineType:
+            asyncio.run(result)
 
 
 def callback_name(func: object) -> str:

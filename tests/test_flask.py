@@ -1,0 +1,320 @@
+"""The Flask extension: setup, request context in callbacks, and the test client."""
+
+from __future__ import annotations
+
+import threading
+import typing as t
+
+import flask
+import pytest
+from flask import Flask, g, request, session
+
+from wsgi_after import InlineRunner, Outcome, ThreadRunner, after, outcome
+from wsgi_after.flask import After
+
+
+def make_app(**config: t.Any) -> Flask:
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="test", AFTER_INLINE=True, **config)
+    return app
+
+
+def test_init_app_wraps_registers_and_sets_config_defaults() -> None:
+    app = Flask(__name__)
+    ext = After(app)
+    assert app.extensions["wsgi_after"] is ext
+    assert type(app.wsgi_app).__name__ == "AfterMiddleware"
+    assert {k: v for k, v in app.config.items() if k.startswith("AFTER_")} == {
+        "AFTER_MAX_WORKERS": None,
+        "AFTER_MAX_PENDING": 1000,
+        "AFTER_ON_FULL": "block",
+        "AFTER_DRAIN_TIMEOUT": 25.0,
+        "AFTER_INLINE": False,
+    }
+    runner = ext.get_runner(app)
+    assert isinstance(runner, ThreadRunner)
+    assert runner.name == "wsgi-after-tests.test_flask"
+
+
+def test_config_keys_configure_the_runner() -> None:
+    app = Flask(__name__)
+    app.config.update(AFTER_MAX_WORKERS=2, AFTER_MAX_PENDING=9, AFTER_ON_FULL="drop")
+    runner = After(app).get_runner(app)
+    assert isinstance(runner, ThreadRunner)
+    assert (runner.max_workers, runner.max_pending, runner.on_full) == (2, 9, "drop")
+
+
+def test_bad_config_value_names_the_allowed_ones() -> None:
+    app = Flask(__name__)
+    app.config["AFTER_ON_FULL"] = "later"
+    with pytest.raises(ValueError, match="'on_full' must be one of 'block', 'run' or 'drop'"):
+        After(app)
+
+
+def test_second_init_app_is_refused() -> None:
+    app = Flask(__name__)
+    After(app)
+    with pytest.raises(RuntimeError) as info:
+        After(app)
+    assert str(info.value) == (
+        "A 'wsgi_after' extension is already registered on this app. Call 'init_app' once per app."
+    )
+
+
+def test_application_factory_gives_each_app_its_own_runner() -> None:
+    ext = After()
+
+    def create_app() -> Flask:
+        app = Flask(__name__)
+        ext.init_app(app)
+        return app
+
+    first, second = create_app(), create_app()
+    assert first.extensions["wsgi_after"] is second.extensions["wsgi_after"] is ext
+    assert ext.get_runner(first) is not ext.get_runner(second)
+
+
+def test_shared_runner_and_inline_option() -> None:
+    runner = InlineRunner()
+    app = Flask(__name__)
+    assert After(app, runner=runner).get_runner(app) is runner
+    inline_app = Flask(__name__)
+    assert isinstance(After(inline_app, inline=True).get_runner(inline_app), InlineRunner)
+
+
+def test_callback_sees_request_session_g_app_and_url_for() -> None:
+    app = make_app()
+    After(app)
+    seen: dict[str, t.Any] = {}
+
+    def audit() -> None:
+        seen.update(
+            method=request.method,
+            path=request.path,
+            header=request.headers["X-User"],
+            cookie=request.cookies["theme"],
+            args=request.args["q"],
+            form=request.form["name"],
+            session=session["user"],
+            g=g.user,
+            app=flask.current_app.name,
+            url=flask.url_for("orders", _external=False),
+            outcome=outcome(),
+        )
+
+    @app.post("/orders")
+    def orders() -> tuple[str, int]:
+        g.user = "ada"
+        session["user"] = "ada-session"
+        assert request.form["name"] == "tea"  # parsed during the request
+        after(audit)
+        return "created", 201
+
+    client = app.test_client()
+    client.set_cookie("theme", "dark")
+    response = client.post(
+        "/orders?q=x", data={"name": "tea"}, headers={"X-User": "ada"}, buffered=True
+    )
+    assert response.status_code == 201
+    assert seen == {
+        "method": "POST",
+        "path": "/orders",
+        "header": "ada",
+        "cookie": "dark",
+        "args": "x",
+        "form": "tea",
+        "session": "ada-session",
+        "g": "ada",
+        "app": app.name,
+        "url": "/orders",
+        "outcome": Outcome(201, True, None),
+    }
+
+
+def test_json_parsed_during_the_request_is_there() -> None:
+    app = make_app()
+    After(app)
+    seen: list[t.Any] = []
+
+    @app.post("/")
+    def view() -> str:
+        request.get_json()
+        after(lambda: seen.append(request.get_json()))
+        return ""
+
+    app.test_client().post("/", json={"a": 1}, buffered=True)
+    assert seen == [{"a": 1}]
+
+
+def test_unread_body_reads_as_empty_in_callbacks() -> None:
+    app = make_app()
+    After(app)
+    seen: list[t.Any] = []
+
+    @app.post("/")
+    def view() -> str:
+        after(lambda: seen.append((request.get_data(), dict(request.form))))
+        return ""
+
+    app.test_client().post("/", data=b"never read", buffered=True)
+    assert seen == [(b"", {})]
+
+
+def test_g_is_a_shallow_copy_for_each_callback() -> None:
+    app = make_app()
+    After(app)
+    seen: list[tuple[str, list[str]]] = []
+
+    def change() -> None:
+        g.user = "changed"
+        g.items.append("from callback")
+        seen.append((g.user, list(g.items)))
+
+    @app.get("/")
+    def view() -> str:
+        g.user = "ada"
+        g.items = []
+        after(change)
+        after(change)
+        return ""
+
+    app.test_client().get("/", buffered=True)
+    # Each callback starts from the request's g: attributes set by one do not reach the
+    # next, while the objects in g are shared (a shallow copy).
+    assert seen == [("changed", ["from callback"]), ("changed", ["from callback"] * 2)]
+
+
+def test_teardown_handlers_run_after_each_callback() -> None:
+    app = make_app()
+    After(app)
+    events: list[str] = []
+
+    @app.teardown_request
+    def teardown_request(exc: BaseException | None) -> None:
+        events.append(f"teardown_request {type(exc).__name__ if exc else None}")
+
+    @app.teardown_appcontext
+    def teardown_app(exc: BaseException | None) -> None:
+        events.append("teardown_appcontext")
+
+    def fails() -> None:
+        events.append("fails")
+        raise ValueError("x")
+
+    @app.get("/")
+    def view() -> str:
+        after(events.append, "callback")
+        after(fails)
+        return ""
+
+    app.test_client().get("/", buffered=True)
+    assert events == [
+        "teardown_request None",  # the request's own
+        "teardown_appcontext",
+        "callback",
+        "teardown_request None",
+        "teardown_appcontext",
+        "fails",
+        "teardown_request ValueError",
+        "teardown_appcontext",
+    ]
+
+
+def test_after_from_hooks_error_handlers_and_streams() -> None:
+    app = make_app()
+    After(app)
+    ran: list[str] = []
+
+    @app.before_request
+    def before() -> None:
+        after(ran.append, f"before_request {request.path}")
+
+    @app.after_request
+    def after_request(response: flask.Response) -> flask.Response:
+        after(ran.append, "after_request")
+        return response
+
+    @app.errorhandler(404)
+    def missing(error: Exception) -> tuple[str, int]:
+        after(ran.append, "errorhandler")
+        return "missing", 404
+
+    @app.get("/stream")
+    def stream() -> flask.Response:
+        def body() -> t.Iterator[str]:
+            yield "a"
+            after(ran.append, f"stream {request.path}")
+            yield "b"
+
+        return flask.Response(flask.stream_with_context(body()))
+
+    client = app.test_client()
+    assert client.get("/stream", buffered=True).data == b"ab"
+    assert ran == ["before_request /stream", "after_request", "stream /stream"]
+    ran.clear()
+    client.get("/nothing", buffered=True)
+    assert ran == ["before_request /nothing", "errorhandler", "after_request"]
+
+
+def test_touching_the_sent_response_fails_loudly(log: pytest.LogCaptureFixture) -> None:
+    app = make_app()
+    After(app)
+
+    def set_cookie_late() -> None:
+        @flask.after_this_request
+        def add_cookie(response: flask.Response) -> flask.Response:
+            return response
+
+    @app.get("/")
+    def view() -> str:
+        after(set_cookie_late)
+        return ""
+
+    app.test_client().get("/", buffered=True)
+    [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == (
+        "'after_this_request' was called in a callback run by 'wsgi_after', after the"
+        " response was sent. Change the response in the view, not in the callback."
+    )
+
+
+@pytest.mark.parametrize("how", ["with", "buffered", "close"])
+def test_test_client_runs_callbacks_when_it_closes(how: str) -> None:
+    app = make_app()
+    After(app)
+    ran: list[str] = []
+
+    @app.get("/")
+    def view() -> str:
+        after(ran.append, "ran")
+        return "ok"
+
+    client = app.test_client()
+    if how == "with":
+        with client.get("/") as response:
+            assert ran == []
+        assert ran == ["ran"]
+    elif how == "buffered":
+        client.get("/", buffered=True)
+        assert ran == ["ran"]
+    else:
+        response = client.get("/")
+        assert ran == []  # the test client does not close on its own
+        response.close()
+        assert ran == ["ran"]
+
+
+def test_threaded_runner_with_after_wait(after_wait: t.Callable[..., None]) -> None:
+    app = Flask(__name__)
+    After(app)
+    done = threading.Event()
+
+    @app.get("/")
+    def view() -> str:
+        after(done.set)
+        return ""
+
+    app.test_client().get("/", buffered=True)
+    after_wait(timeout=5)
+    assert done.is_set()
