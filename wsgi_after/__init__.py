@@ -21,6 +21,7 @@ from .runner import InlineRunner as InlineRunner
 from .runner import Runner as Runner
 from .runner import RunnerStats as RunnerStats
 from .runner import ThreadRunner as ThreadRunner
+from .sigterm import exit_on_sigterm as exit_on_sigterm
 
 __all__ = [
     "AfterMiddleware",
@@ -31,5 +32,6 @@ __all__ = [
     "RunnerStats",
     "ThreadRunner",
     "after",
+    "exit_on_sigterm",
     "outcome",
 ]

@@ -229,6 +229,12 @@ class ThreadRunner:
                     self._blocked -= 1
             self._submit_slow(fn)  # shutdown began while we waited: run it here
 
+    def start(self) -> None:
+        """Start the worker threads now rather than at the first ``submit()``."""
+        with self._lock:
+            if not self._threads and not self._shutdown:
+                self._start()
+
     def _start(self) -> None:
         for i in range(self.max_workers):
             worker = _Worker()

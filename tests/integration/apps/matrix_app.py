@@ -1,0 +1,147 @@
+"""The app every server in the matrix serves. Callbacks record their runs in SQLite.
+
+Each request carries an ``X-Request-Id``; each callback inserts one row
+``(request_id, name, status, completed, finished_at, pid)``, so the test process
+counts runs from outside the server. The outermost layer records the type of the
+iterable the server got, to check file responses reach the server unwrapped.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import typing as t
+
+from flask import Flask, Response, request, send_file, stream_with_context
+
+from wsgi_after import ThreadRunner, after, outcome
+from wsgi_after.flask import After
+
+DB = os.environ["MATRIX_DB"]
+BIG_FILE = os.environ.get("MATRIX_FILE", "")
+
+with sqlite3.connect(DB) as _db:
+    _db.execute("pragma journal_mode=wal")
+    _db.execute(
+        "create table if not exists runs (request_id, name, status, completed, finished_at, pid)"
+    )
+    _db.execute("create table if not exists iterables (request_id, type)")
+
+app = Flask(__name__)
+app.config["PROPAGATE_EXCEPTIONS"] = True  # let /raises reach the WSGI layer, as it would bare
+app.config["AFTER_DRAIN_TIMEOUT"] = float(os.environ.get("AFTER_DRAIN_TIMEOUT", "25"))
+app.config["AFTER_MAX_WORKERS"] = int(os.environ.get("AFTER_MAX_WORKERS", "8"))
+after_ext = After(app)
+
+if os.environ.get("USE_RUNNER_AT_IMPORT"):
+    # Under --preload this runs in the master: its threads will not exist in workers.
+    runner = after_ext.get_runner(app)
+    assert isinstance(runner, ThreadRunner)
+    runner.submit(lambda: None)
+    assert runner.wait_idle(10)
+
+
+def record(name: str, request_id: str, sleep: float = 0.0) -> None:
+    if sleep:
+        time.sleep(sleep)
+    result = outcome()
+    assert result is not None
+    with sqlite3.connect(DB, timeout=30) as db:
+        db.execute(
+            "insert into runs values (?, ?, ?, ?, ?, ?)",
+            (request_id, name, result.status, result.completed, time.time(), os.getpid()),
+        )
+
+
+def queue(name: str, sleep: float = 0.0) -> None:
+    after(record, name, request.headers["X-Request-Id"], sleep)
+
+
+@app.route("/normal", methods=["GET", "HEAD"])
+def normal() -> str:
+    queue("normal", float(request.args.get("sleep", "0")))
+    return "normal body"
+
+
+@app.get("/raises")
+def raises() -> str:
+    queue("raises")
+    raise RuntimeError("the view failed")
+
+
+@app.get("/iter-error")
+def iter_error() -> Response:
+    queue("iter-error")
+
+    def body() -> t.Iterator[bytes]:
+        yield b"first chunk\n"
+        raise RuntimeError("failed while streaming")
+
+    return Response(body())
+
+
+@app.get("/disconnect")
+def disconnect() -> Response:
+    queue("disconnect")
+
+    def body() -> t.Iterator[bytes]:
+        for _ in range(2000):  # about 20 s at most: the client leaves long before
+            yield b"x" * 65536
+            time.sleep(0.01)
+
+    return Response(body())
+
+
+@app.get("/file")
+def file() -> Response:
+    queue("file")
+    return send_file(BIG_FILE, mimetype="application/octet-stream")
+
+
+@app.get("/etag")
+def etag() -> Response:
+    queue("etag")
+    response = Response("cached body")
+    response.set_etag("v1")
+    response.make_conditional(request)
+    return response
+
+
+@app.get("/stream-after")
+def stream_after() -> Response:
+    def body() -> t.Iterator[str]:
+        yield "a"
+        queue("stream-after")
+        yield "b"
+
+    return Response(stream_with_context(body()))
+
+
+@app.get("/empty")
+def empty() -> str:
+    queue("empty")
+    return ""
+
+
+@app.get("/burst")
+def burst() -> str:
+    for i in range(int(request.args["n"])):
+        queue(f"burst-{i}", float(request.args.get("sleep", "0.001")))
+    return "queued"
+
+
+flask_wsgi_app = app.wsgi_app
+
+
+def spy(environ: t.Any, start_response: t.Any) -> t.Any:
+    """Outermost layer: record what kind of iterable the server gets."""
+    result = flask_wsgi_app(environ, start_response)
+    if environ.get("PATH_INFO") == "/file":
+        kind = f"{type(result).__module__}.{type(result).__qualname__}"
+        with sqlite3.connect(DB, timeout=30) as db:
+            db.execute("insert into iterables values (?, ?)", (environ["HTTP_X_REQUEST_ID"], kind))
+    return result
+
+
+app.wsgi_app = spy  # type: ignore[method-assign]

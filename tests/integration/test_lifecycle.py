@@ -1,0 +1,154 @@
+"""Lifecycle on real servers: graceful shutdown, drain deadline, fork, recycling."""
+
+from __future__ import annotations
+
+import pathlib
+import signal
+import sqlite3
+import time
+import uuid
+
+from tests.integration.client import fetch, wait_for_runs
+from tests.integration.servers import free_port, python, running
+
+HOOKS = str(pathlib.Path(__file__).parent / "gunicorn_hooks.conf.py")
+
+
+def gunicorn(port: int, *extra: str) -> list[str]:
+    return python(
+        "-m", "gunicorn", "-k", "sync", "-w", "1", "-b", f"127.0.0.1:{port}", *extra,
+        "matrix_app:app",
+    )  # fmt: skip
+
+
+def count_runs(db: pathlib.Path, prefix: str) -> int:
+    with sqlite3.connect(db, timeout=30) as connection:
+        [(n,)] = connection.execute(
+            "select count(*) from runs where request_id like ?", (prefix + "%",)
+        ).fetchall()
+    return int(n)
+
+
+def env_for(tmp_path: pathlib.Path, **extra: str) -> dict[str, str]:
+    return {"MATRIX_DB": str(tmp_path / "runs.sqlite"), **extra}
+
+
+def burst(port: int, prefix: str, requests: int, per_request: int, sleep: float) -> None:
+    for i in range(requests):
+        reply = fetch(port, f"/burst?n={per_request}&sleep={sleep}", f"{prefix}-{i}")
+        assert reply.status == 200
+
+
+def test_sigterm_runs_every_pending_callback(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    env = env_for(tmp_path, AFTER_MAX_WORKERS="1")
+    with running(gunicorn(port), port, env=env, log=tmp_path / "server.log") as process:
+        burst(port, "drain", 10, 100, 0.001)  # 1000 callbacks of ~1 ms on one thread
+        assert count_runs(tmp_path / "runs.sqlite", "drain") < 1000  # still pending
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    assert count_runs(tmp_path / "runs.sqlite", "drain") == 1000
+
+
+def test_sigterm_with_hooks_runs_every_pending_callback(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    env = env_for(tmp_path, AFTER_MAX_WORKERS="1")
+    with running(gunicorn(port, "-c", HOOKS), port, env=env) as process:
+        burst(port, "hooks", 10, 100, 0.001)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    assert count_runs(tmp_path / "runs.sqlite", "hooks") == 1000
+
+
+def test_drain_timeout_ends_the_worker_and_names_what_did_not_run(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = env_for(tmp_path, AFTER_MAX_WORKERS="2", AFTER_DRAIN_TIMEOUT="1")
+    with running(gunicorn(port, "--graceful-timeout", "20"), port, env=env, log=log) as process:
+        burst(port, "slow", 3, 2, 30)  # two chains run, one waits; each would take 60 s
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+        elapsed = time.monotonic() - started
+    assert elapsed < 10  # by the drain deadline, long before the master would SIGKILL
+    text = log.read_text()
+    not_run = [line for line in text.splitlines() if "was not run" in line]
+    cut_off = [line for line in text.splitlines() if "were still running" in line]
+    assert len(not_run) == 2
+    assert all("'matrix_app.record'" in line and "'GET /burst'" in line for line in not_run)
+    assert len(cut_off) == 2
+    assert all("'matrix_app.record'" in line for line in cut_off)
+
+
+def test_worker_exit_hook_bounds_the_drain_by_graceful_timeout(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    log = tmp_path / "server.log"
+    command = gunicorn(port, "-c", HOOKS, "--graceful-timeout", "4")
+    with running(command, port, env=env_for(tmp_path), log=log) as process:
+        burst(port, "bounded", 1, 1, 30)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+        elapsed = time.monotonic() - started
+    assert elapsed < 4  # drained for graceful_timeout - 2 s, not the 25 s drain_timeout
+    assert "were still running" in log.read_text()
+    assert "Worker was sent SIGKILL" not in log.read_text()
+
+
+def test_preload_runner_used_in_master_works_at_once_in_workers(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    env = env_for(tmp_path, USE_RUNNER_AT_IMPORT="1")
+    with running(gunicorn(port, "--preload", "-w", "2"), port, env=env):
+        for i in range(4):
+            rid = f"preload-{i}-{uuid.uuid4().hex[:6]}"
+            reply = fetch(port, "/normal", rid)
+            [(_, _, _, finished_at, _)] = wait_for_runs(tmp_path / "runs.sqlite", rid, 1)
+            assert finished_at - reply.finished_at < 0.1
+
+
+def test_max_requests_recycling_loses_nothing(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    latencies = []
+    with running(gunicorn(port, "--max-requests", "5"), port, env=env_for(tmp_path)):
+        for i in range(20):
+            started = time.monotonic()
+            assert fetch(port, "/normal?sleep=0.05", f"recycle-{i}").status == 200
+            latencies.append(time.monotonic() - started)
+        deadline = time.monotonic() + 20
+        while count_runs(tmp_path / "runs.sqlite", "recycle") < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = {row[0] for row in sqlite3.connect(tmp_path / "runs.sqlite").execute(
+            "select distinct pid from runs")}  # fmt: skip
+    assert count_runs(tmp_path / "runs.sqlite", "recycle") == 20
+    assert len(pids) >= 4  # the worker really was recycled
+    assert max(latencies) < 2.0
+
+
+WAITRESS = (
+    "import sys, waitress, matrix_app\n"
+    "if sys.argv[1] == 'recipe':\n"
+    "    from wsgi_after import exit_on_sigterm\n"
+    "    exit_on_sigterm()\n"
+    "waitress.serve(matrix_app.app, host='127.0.0.1', port=int(sys.argv[2]), _quiet=True)\n"
+)
+
+
+def test_waitress_with_exit_on_sigterm_drains(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    env = env_for(tmp_path, AFTER_MAX_WORKERS="1")
+    with running(python("-c", WAITRESS, "recipe", str(port)), port, env=env) as process:
+        burst(port, "waitress", 4, 50, 0.005)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    assert count_runs(tmp_path / "runs.sqlite", "waitress") == 200
+
+
+def test_waitress_without_the_recipe_loses_callbacks(tmp_path: pathlib.Path) -> None:
+    """Why the recipe exists: a bare SIGTERM kills waitress before anything drains."""
+    port = free_port()
+    env = env_for(tmp_path, AFTER_MAX_WORKERS="1")
+    with running(python("-c", WAITRESS, "bare", str(port)), port, env=env) as process:
+        burst(port, "bare", 4, 50, 0.005)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == -signal.SIGTERM
+    assert count_runs(tmp_path / "runs.sqlite", "bare") < 200
