@@ -18,8 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import threading
 import typing as t
 from types import CoroutineType
+
+from ._response import ClosingResponse, SizedMixin
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -58,34 +61,42 @@ class Outcome(t.NamedTuple):
     error: BaseException | None
 
 
-class Chain:
-    """The callbacks of one request, their :mod:`contextvars` snapshots and its outcome.
+class Chain(ClosingResponse):
+    """One request: its callbacks, their :mod:`contextvars` snapshots and its outcome.
 
-    Calling the chain runs every callback in registration order, each inside the
-    context that was current when :func:`after` queued it, and inside
-    :attr:`scope` when an integration set one. A callback that raises is logged on
-    the ``wsgi_after`` logger with its name and the request's method and path; the
-    rest still run. Calling the chain never raises; it returns False when any
-    callback failed, which the runner counts.
+    The chain is also the request's response wrapper (one object per request on
+    the hot path): when the server closes the response, :meth:`on_close` hands
+    the chain to its runner. Calling the chain then runs every callback in
+    registration order, each inside the context that was current when
+    :func:`after` queued it, and inside :attr:`scope` when an integration set
+    one. A callback that raises is logged on the ``wsgi_after`` logger with its
+    name and the request's method and path; the rest still run. Calling the
+    chain never raises; it returns False when any callback failed, which the
+    runner counts.
     """
 
     __slots__ = (
         "_start_response",
         "callbacks",
-        "completed",
         "environ",
-        "error",
-        "file_response",
         "runner",
         "scope",
         "started",
         "state",
         "status",
+        "thread",
     )
 
     def __init__(
         self, environ: WSGIEnvironment, runner: Runner, start_response: StartResponse
     ) -> None:
+        # ClosingResponse's fields, set here rather than through super().__init__():
+        # a Python call less for every request.
+        self._inner: t.Iterable[bytes] = ()
+        self._once = [None]
+        self.completed = False
+        self.error: BaseException | None = None
+        self.file_response: object = None
         #: ``(func, args, kwargs, context)`` tuples, in registration order.
         self.callbacks: list[
             tuple[t.Any, tuple[t.Any, ...], dict[str, t.Any], contextvars.Context]
@@ -97,25 +108,23 @@ class Chain:
         self._start_response: StartResponse | None = start_response
         #: The status line given to ``start_response``.
         self.status: str | None = None
-        #: True once the body was fully sent.
-        self.completed = False
-        #: The exception the app or its response iterable raised.
-        self.error: BaseException | None = None
         #: Integrations' seam: a factory of the context manager entered around each
         #: callback (the Flask extension pushes the request context with it).
         self.scope: t.Callable[[], t.ContextManager[object]] | None = None
         self.state = OPEN
         #: Index of the callback running now (or of the next to run).
         self.started = 0
-        #: What the server's ``wsgi.file_wrapper`` returned during the request, if called.
-        self.file_response: object = None
+        #: The thread running the callbacks, while RUNNING.
+        self.thread = 0
 
     def start_response(
-        self, status: str, headers: list[tuple[str, str]], *exc_info: t.Any
+        self, status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
     ) -> t.Callable[[bytes], object]:
         """The ``start_response`` the app gets: records the status, then passes through."""
         self.status = status
-        return self._start_response(status, headers, *exc_info)  # type: ignore[misc]
+        if exc_info is None:  # called as the app called us: with two arguments or three
+            return self._start_response(status, headers)  # type: ignore[misc]
+        return self._start_response(status, headers, exc_info)  # type: ignore[misc]
 
     def outcome(self) -> Outcome:
         """The request's :class:`Outcome` as recorded so far."""
@@ -143,6 +152,7 @@ class Chain:
         self._release()
 
     def __call__(self) -> bool:
+        self.thread = threading.get_ident()
         self.state = RUNNING
         ok = True
         try:
@@ -174,12 +184,12 @@ class Chain:
         self.environ = self.scope = self._start_response = None
 
     def on_close(self) -> None:
-        """The response was closed: hand the callbacks to the runner, once."""
+        """The server closed the response: hand the callbacks to the runner, once."""
         if self.state != OPEN:
             return
+        # The request's thread keeps this chain as current until its next request: a
+        # finished chain refuses after() there (see _in_callback).
         self.state = QUEUED
-        if _current.get() is self:
-            _current.set(None)  # this thread may serve another request next
         if not self.callbacks:  # most requests: drop the references at once
             self.state = DONE
             self.environ = self._start_response = None
@@ -268,7 +278,7 @@ def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
                 "'after()' got arguments for a coroutine object. Pass the coroutine"
                 " function and its arguments instead: 'after(func, *args)'."
             )
-    if chain is None or chain.state == QUEUED or chain.state == DONE:
+    if chain is None or (chain.state != OPEN and not _in_callback(chain)):
         raise OutsideRequestError(
             "'after()' was called outside a request handled by 'AfterMiddleware'."
             " Wrap the WSGI app with 'AfterMiddleware' or call 'After.init_app(app)'."
@@ -284,6 +294,20 @@ def outcome() -> Outcome | None:
     the body was fully sent, and the error the app raised, if any.
     """
     chain = _current.get()
-    if chain is None or chain.state != RUNNING:
+    if chain is None or not _in_callback(chain):
         return None
     return chain.outcome()
+
+
+def _in_callback(chain: Chain) -> bool:
+    """Whether this thread is running ``chain``'s callbacks now."""
+    return chain.state == RUNNING and chain.thread == threading.get_ident()
+
+
+class SizedChain(SizedMixin, Chain):
+    """A :class:`Chain` whose app's iterable has ``__len__``."""
+
+    __slots__ = ()
+
+
+Chain.sized = SizedChain

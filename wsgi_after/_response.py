@@ -1,19 +1,23 @@
-"""The response wrappers that notice when the server is done with a response.
+"""The response wrapper that notices when the server is done with a response.
 
 PEP 3333 says the server calls the response iterable's ``close()`` once it has
 sent the response (or given up on it). :class:`ClosingResponse` wraps the app's
 iterable so that ``close()`` first closes the app's iterable, then calls
-``on_close``. All the PEP 3333 care lives here:
+:meth:`~ClosingResponse.on_close`. All the PEP 3333 care lives here:
 
 * chunks are yielded as they come, never buffered;
-* :class:`SizedClosingResponse` adds ``__len__`` only when the app's iterable has
-  it (waitress calls ``len()`` whenever it exists);
+* the wrapper has ``__len__`` only when the app's iterable has it (waitress calls
+  ``len()`` whenever it exists): it then becomes its class's ``sized`` variant;
 * ``close()`` is idempotent and thread-safe (waitress may call it twice);
 * a ``wsgi.file_wrapper`` response is *not* wrapped, since servers find their
   sendfile path with ``isinstance``: :class:`FileWrapperHook` instead hands the
   server's ``file_wrapper`` a :class:`ClosingFile` proxy whose ``close()`` fires.
 
-Nothing here knows about threads or callbacks: ``on_close`` is any callable.
+Nothing here knows about threads or callbacks: a subclass says what closing means
+(:class:`~wsgi_after._chain.Chain` hands the request's callbacks to its runner).
+The wrapper is made before the app runs, so that the request has one object,
+not two, on the hot path; :meth:`~ClosingResponse.wrap` then takes the app's
+iterable.
 """
 
 from __future__ import annotations
@@ -21,34 +25,51 @@ from __future__ import annotations
 import typing as t
 
 
-class _Sink(t.Protocol):
-    """What the wrappers report to: the request's :class:`~wsgi_after._chain.Chain`."""
-
-    completed: bool
-    error: BaseException | None
-    file_response: object
-
-    def on_close(self) -> None: ...
-
-
 class ClosingResponse:
-    """Wraps a response iterable; reports its end and calls ``sink.on_close()`` once."""
+    """Wraps a response iterable; records how it ended; calls :meth:`on_close` once."""
 
-    __slots__ = ("_inner", "_once", "_sink")
+    __slots__ = ("_inner", "_once", "completed", "error", "file_response")
 
-    _inner: t.Iterable[bytes]
-    _sink: _Sink
-    #: ``[None]`` until the first close(): list.pop() is atomic under the GIL, so
-    #: exactly one close() gets the item, whatever the threads.
-    _once: list[None]
+    #: The subclass with ``__len__`` (and :class:`SizedMixin`) that :meth:`wrap`
+    #: switches to for sized iterables; every subclass names its own.
+    sized: t.ClassVar[type[ClosingResponse]]
+
+    def __init__(self) -> None:
+        self._inner: t.Iterable[bytes] = ()
+        #: ``[None]`` until the first close(): list.pop() is atomic under the GIL,
+        #: so exactly one close() gets the item, whatever the threads.
+        self._once = [None]
+        #: True once the server asked for more after the last chunk.
+        self.completed = False
+        #: The exception the app or its iterable raised.
+        self.error: BaseException | None = None
+        #: What the server's ``wsgi.file_wrapper`` returned during the request.
+        self.file_response: object = None
+
+    def wrap(self, result: t.Iterable[bytes]) -> t.Iterable[bytes]:
+        """Return what the server should get for the app's ``result``.
+
+        The server's own file wrapper object goes back unwrapped, so the server
+        still recognises it (``isinstance``) and uses sendfile; anything else is
+        wrapped by this object, sized when ``result`` is.
+        """
+        if result is self.file_response:
+            # The server sends it, with sendfile where it can, and tells us no more
+            # than close(): a file response counts as fully sent.
+            self.completed = True
+            return result
+        self._inner = result
+        if hasattr(result, "__len__"):
+            self.__class__ = self.sized
+        return self
 
     def __iter__(self) -> t.Iterator[bytes]:
         try:
             yield from self._inner
         except Exception as e:
-            self._sink.error = e
+            self.error = e
             raise
-        self._sink.completed = True
+        self.completed = True
 
     def close(self) -> None:
         try:
@@ -60,16 +81,27 @@ class ClosingResponse:
             if close is not None:
                 close()
         finally:
-            self._sink.on_close()
+            self.on_close()
+
+    def on_close(self) -> None:
+        """Called once, after the app's iterable was closed; subclasses act here."""
 
 
-class SizedClosingResponse(ClosingResponse):
-    """A :class:`ClosingResponse` for an inner iterable that has ``__len__``."""
+class SizedMixin:
+    """Gives a :class:`ClosingResponse` subclass the ``__len__`` of its iterable."""
 
     __slots__ = ()
+    _inner: t.Iterable[bytes]
 
     def __len__(self) -> int:
         return len(self._inner)  # type: ignore[arg-type]
+
+
+class SizedClosingResponse(SizedMixin, ClosingResponse):
+    __slots__ = ()
+
+
+ClosingResponse.sized = SizedClosingResponse
 
 
 class ClosingFile:
@@ -77,14 +109,14 @@ class ClosingFile:
 
     Every attribute (``read``, ``fileno``, ``seek``, ``tell`` ...) is the file's own,
     so the server's sendfile path still sees a real file descriptor; ``close()``
-    closes the file, then calls ``sink.on_close()``, once.
+    closes the file, then calls ``response.on_close()``, once.
     """
 
-    __slots__ = ("_file", "_once", "_sink")
+    __slots__ = ("_file", "_once", "_response")
 
-    def __init__(self, file: t.Any, sink: _Sink) -> None:
+    def __init__(self, file: t.Any, response: ClosingResponse) -> None:
         self._file = file
-        self._sink = sink
+        self._response = response
         self._once = [None]
 
     def __getattr__(self, name: str) -> t.Any:
@@ -103,53 +135,33 @@ class ClosingFile:
             if close is not None:
                 close()
         finally:
-            self._sink.on_close()
+            self._response.on_close()
 
 
 class FileWrapperHook:
     """Stands in for the server's ``environ["wsgi.file_wrapper"]`` while the app runs.
 
     It calls the server's own ``file_wrapper`` with a :class:`ClosingFile` and
-    records the object it returned on ``sink.file_response``, so that
-    :func:`wrap_response` can hand exactly that object back to the server. One
-    hook serves every request: ``get_sink`` finds the current request's sink.
+    records the object it returned on ``response.file_response``, so that
+    :meth:`ClosingResponse.wrap` can hand exactly that object back to the server.
+    One hook serves every request: ``current`` finds the current request's
+    response.
     """
 
-    __slots__ = ("get_sink", "server_wrapper")
+    __slots__ = ("current", "server_wrapper")
 
     def __init__(
-        self, server_wrapper: t.Callable[..., t.Any], get_sink: t.Callable[[], _Sink | None]
+        self,
+        server_wrapper: t.Callable[..., t.Any],
+        current: t.Callable[[], ClosingResponse | None],
     ) -> None:
         self.server_wrapper = server_wrapper
-        self.get_sink = get_sink
+        self.current = current
 
     def __call__(self, filelike: t.Any, *args: t.Any) -> t.Any:
-        sink = self.get_sink()
-        if sink is None:  # called outside the request (another thread): nothing to hook
+        response = self.current()
+        if response is None:  # called outside the request (another thread): nothing to hook
             return self.server_wrapper(filelike, *args)
-        result = self.server_wrapper(ClosingFile(filelike, sink), *args)
-        sink.file_response = result
+        result = self.server_wrapper(ClosingFile(filelike, response), *args)
+        response.file_response = result
         return result
-
-
-def wrap_response(result: t.Iterable[bytes], sink: _Sink) -> t.Iterable[bytes]:
-    """Return what the server should get for the app's ``result``.
-
-    The server's own file wrapper object goes back unwrapped, so the server
-    still recognises it (``isinstance``) and uses sendfile; anything else is
-    wrapped in a :class:`ClosingResponse`, sized when ``result`` is.
-    """
-    if result is sink.file_response:
-        # The server sends it, with sendfile where it can, and tells us no more
-        # than close(): a file response counts as fully sent.
-        sink.completed = True
-        return result
-    # Built without __init__: one Python call less per request on the hot path.
-    wrapper = _new(SizedClosingResponse if hasattr(result, "__len__") else ClosingResponse)
-    wrapper._inner = result
-    wrapper._sink = sink
-    wrapper._once = [None]
-    return wrapper
-
-
-_new = object.__new__

@@ -17,7 +17,7 @@ from __future__ import annotations
 import typing as t
 
 from ._chain import Chain, _current
-from ._response import FileWrapperHook, wrap_response
+from ._response import FileWrapperHook
 from .runner import Runner, ThreadRunner
 
 if t.TYPE_CHECKING:
@@ -82,8 +82,9 @@ class AfterMiddleware:
             )
         self.app = app
         self.runner = runner
-        # One hook per server file_wrapper (a server has one): nothing to build per request.
-        self._file_wrapper_hooks: dict[t.Any, FileWrapperHook] = {}
+        # One hook for the server's file_wrapper (a server has one): nothing to build
+        # per request.
+        self._file_wrapper_hook: FileWrapperHook | None = None
 
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
@@ -95,11 +96,9 @@ class AfterMiddleware:
         _current.set(chain)
         file_wrapper = environ.get("wsgi.file_wrapper")
         if file_wrapper is not None:
-            hook = self._file_wrapper_hooks.get(file_wrapper)
-            if hook is None:
-                hook = self._file_wrapper_hooks[file_wrapper] = FileWrapperHook(
-                    file_wrapper, _current.get
-                )
+            hook = self._file_wrapper_hook
+            if hook is None or hook.server_wrapper is not file_wrapper:
+                hook = self._file_wrapper_hook = FileWrapperHook(file_wrapper, _current.get)
             environ["wsgi.file_wrapper"] = hook
         try:
             result = self.app(environ, chain.start_response)
@@ -111,4 +110,4 @@ class AfterMiddleware:
             if file_wrapper is not None:
                 # gunicorn reads it again to pick its sendfile path.
                 environ["wsgi.file_wrapper"] = file_wrapper
-        return wrap_response(result, chain)
+        return chain.wrap(result)
