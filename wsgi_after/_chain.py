@@ -263,7 +263,9 @@ def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
     path, and the request's remaining callbacks still run.
 
     :param func: a callable, or a coroutine object (then without arguments).
-    :raises TypeError: if ``func`` is neither callable nor a coroutine.
+    :raises TypeError: if ``func`` is neither callable nor a coroutine, or the
+        runner cannot take it (:class:`~wsgi_after.celery.CeleryRunner` needs
+        importable callbacks with serializable arguments).
     :raises OutsideRequestError: if no request handled by
         :class:`~wsgi_after.AfterMiddleware` is current.
     """
@@ -283,6 +285,9 @@ def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
             "'after()' was called outside a request handled by 'AfterMiddleware'."
             " Wrap the WSGI app with 'AfterMiddleware' or call 'After.init_app(app)'."
         )
+    check = getattr(chain.runner, "check_callback", None)
+    if check is not None:  # a runner that sends callbacks elsewhere (CeleryRunner)
+        check(func, args, kwargs)
     chain.callbacks.append((func, args, kwargs, contextvars.copy_context()))
     return func if type(func) is not CoroutineType else None
 

@@ -43,7 +43,12 @@ ON_FULL = ("block", "run", "drop")
 
 
 class Runner(t.Protocol):
-    """What the middleware needs of a runner: ``submit`` a task taking no arguments."""
+    """What the middleware needs of a runner: ``submit`` a task taking no arguments.
+
+    A runner may also have ``check_callback(func, args, kwargs)``, which
+    :func:`~wsgi_after.after` calls at once so that a callback the runner cannot
+    take fails in the request (:class:`~wsgi_after.celery.CeleryRunner` has one).
+    """
 
     def submit(self, fn: t.Callable[[], object], /) -> object: ...
 
