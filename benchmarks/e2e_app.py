@@ -78,7 +78,15 @@ else:
     backlog: t.Callable[[], int] = lambda: 0  # noqa: E731
     stats_extra: t.Callable[[], dict[str, t.Any]] = dict
 
-    if VARIANT in ("after", "celery"):
+    if VARIANT == "after-plain":  # the middleware alone, without the Flask extension
+        from wsgi_after import AfterMiddleware, ThreadRunner, after
+
+        plain_runner = ThreadRunner(max_workers=WORKERS)
+        flask_app.wsgi_app = AfterMiddleware(  # type: ignore[method-assign]
+            flask_app.wsgi_app, runner=plain_runner
+        )
+        backlog = lambda: plain_runner.stats().queued  # noqa: E731
+    elif VARIANT in ("after", "celery"):
         from wsgi_after import ThreadRunner, after
         from wsgi_after.flask import After
 
@@ -114,7 +122,7 @@ else:
         if VARIANT == "none":
             return "ok"
         count("registered")
-        if VARIANT in ("after", "celery"):
+        if VARIANT in ("after", "after-plain", "celery"):
             after(side_effect_task if VARIANT == "celery" else side_effect)
         elif VARIANT == "inline":
             side_effect()

@@ -2,9 +2,10 @@
 
 :class:`~wsgi_after.AfterMiddleware` makes a :class:`Chain` for every request and
 makes it *current* (a :class:`~contextvars.ContextVar`, and
-``environ["wsgi_after.chain"]``). :func:`after` appends to the current chain; when
-the response is closed the middleware calls :meth:`Chain.finish`, and the runner
-later calls the chain, which runs the callbacks in order::
+``environ["wsgi_after.chain"]``). :func:`after` appends to the current chain; the
+chain is also the response wrapper, so when the server closes the response
+:meth:`Chain.on_close` hands it to the runner, which later calls the chain to run
+the callbacks in order::
 
     from wsgi_after import after
 
@@ -161,9 +162,9 @@ class Chain(ClosingResponse):
                 self.started = i
                 try:
                     if self.scope is None:
-                        _invoke(ctx, func, args, kwargs)
+                        ctx.run(_call, func, args, kwargs)
                     else:  # entered inside the snapshot, so what it sets is what func sees
-                        ctx.run(_invoke_in_scope, self.scope, func, args, kwargs)
+                        ctx.run(_call_in_scope, self.scope, func, args, kwargs)
                 except Exception:
                     ok = False
                     logger.error(
@@ -207,30 +208,21 @@ class Chain(ClosingResponse):
             self.discard()
 
 
-def _invoke(
-    ctx: contextvars.Context,
-    func: t.Any,
-    args: tuple[t.Any, ...],
-    kwargs: dict[str, t.Any],
-) -> None:
-    if type(func) is CoroutineType:
-        ctx.run(asyncio.run, func)
-        return
-    result = ctx.run(func, *args, **kwargs)
+def _call(func: t.Any, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> None:
+    """Call a callback; run a coroutine (given, or returned) to completion."""
+    result = asyncio.run(func) if type(func) is CoroutineType else func(*args, **kwargs)
     if type(result) is CoroutineType:
-        ctx.run(asyncio.run, result)
+        asyncio.run(result)
 
 
-def _invoke_in_scope(
+def _call_in_scope(
     scope: t.Callable[[], t.ContextManager[object]],
     func: t.Any,
     args: tuple[t.Any, ...],
     kwargs: dict[str, t.Any],
 ) -> None:
     with scope():
-        result = asyncio.run(func) if type(func) is CoroutineType else func(*args, **kwargs)
-        if type(result) is CoroutineType:
-            asyncio.run(result)
+        _call(func, args, kwargs)
 
 
 def callback_name(func: object) -> str:

@@ -220,8 +220,8 @@ def _reference(func: t.Any, name: str) -> str:
         raise TypeError(fix.replace("Define it", "Pass the coroutine function, defined"))
     module = getattr(func, "__module__", None)
     qualname = getattr(func, "__qualname__", None)
-    if not module or not qualname or "<" in qualname:
-        raise TypeError(fix)
+    if not module or module == "__main__" or not qualname or "<" in qualname:
+        raise TypeError(fix)  # a worker's __main__ is Celery's, not this script
     try:
         found = _resolve(f"{module}:{qualname}")
     except (ImportError, AttributeError):

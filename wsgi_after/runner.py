@@ -266,13 +266,8 @@ class ThreadRunner:
             if delay > worker.max_delay:
                 worker.max_delay = delay
             worker.current = fn
-            try:
-                if fn() is False:
-                    worker.failed += 1
-            except BaseException:
+            if not run_task(fn):
                 worker.failed += 1
-                request, names = _describe(fn)
-                logger.error("Task %s queued by '%s' raised.", names, request, exc_info=True)
             worker.current = fn = None  # type: ignore[assignment]
             worker.completed += 1  # before reading _idle_waiters: wait_idle() relies on it
             if self._idle_waiters:
