@@ -25,10 +25,11 @@ import bench_memory
 import e2e
 
 HERE = pathlib.Path(__file__).parent
-IO_VARIANTS = ["none", "after", "inline", "call_on_close", "executor", "naive"]
+IO_VARIANTS = ["none", "after", "after-plain", "inline", "call_on_close", "executor", "naive"]
 LABELS = {
     "none": "(a) no side effect",
     "after": "(b) after()",
+    "after-plain": "(b') after(), AfterMiddleware without the Flask extension",
     "inline": "(c) inline in the view",
     "call_on_close": "(d) response.call_on_close",
     "executor": "(e) Flask-Executor submit",
