@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,13 +22,9 @@ import time
 import typing as t
 import urllib.request
 
+from wsgi_after.demo import free_port, wait_for_port
+
 HERE = pathlib.Path(__file__).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -49,13 +44,7 @@ def server(variant: str, effect: str = "io", **env: str) -> t.Iterator[int]:
         command, env=full_env, start_new_session=True, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{variant} server did not start")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.05)
+        wait_for_port(port, process)
         get(port, "/")  # warm up: imports, first thread starts
         yield port
     finally:

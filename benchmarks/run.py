@@ -14,7 +14,6 @@ import importlib.metadata
 import os
 import pathlib
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ import typing as t
 import bench_core
 import bench_memory
 import e2e
+
+from wsgi_after.demo import free_port
 
 HERE = pathlib.Path(__file__).parent
 IO_VARIANTS = ["none", "after", "after-plain", "inline", "call_on_close", "executor", "naive"]
@@ -72,9 +73,7 @@ def verdict(ok: bool) -> str:
 @contextlib.contextmanager
 def celery_cluster() -> t.Iterator[str]:
     """A private redis-server and a Celery worker for the CeleryRunner figures."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     redis = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no"], stdout=subprocess.DEVNULL,

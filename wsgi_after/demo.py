@@ -25,21 +25,23 @@ import tempfile
 import time
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the tests and benchmarks use it too)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Poll until ``port`` accepts connections; fail at once if ``process`` died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"gunicorn exited with {process.returncode} before listening")
+            raise RuntimeError(f"the server exited with {process.returncode} before listening")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.05)
-    raise SystemExit(f"gunicorn did not listen on 127.0.0.1:{port} within {timeout} s")
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
 
 
 def _get(port: int, path: str, request_id: str) -> float:
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         db = pathlib.Path(tmp) / "audit.sqlite"
         with sqlite3.connect(db) as connection:
             connection.execute("create table audit (request_id, variant, written_at)")
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "WSGI_AFTER_DEMO_DB": str(db)}
         command = [
             sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "4", "-w", "1",
@@ -81,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Starting gunicorn on http://127.0.0.1:{port} ...")
         process = subprocess.Popen(command, env=env, start_new_session=True)
         try:
-            _wait_for_port(port, process)
+            try:
+                wait_for_port(port, process)
+            except (RuntimeError, TimeoutError) as e:
+                raise SystemExit(f"gunicorn did not start: {e}") from None
             latencies: dict[str, list[float]] = {"inline": [], "after": []}
             arrived: dict[str, float] = {}
             for i in range(args.requests):

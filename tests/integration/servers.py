@@ -7,31 +7,15 @@ import contextlib
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
-import time
 import typing as t
 
+from wsgi_after.demo import free_port, wait_for_port
+
+__all__ = ["APPS", "free_port", "python", "running", "wait_for_port"]
+
 APPS = pathlib.Path(__file__).parent / "apps"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """Poll until ``port`` accepts connections; fail at once if ``process`` died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
 
 
 @contextlib.contextmanager
