@@ -62,20 +62,32 @@ def stats(port: int) -> dict[str, t.Any]:
     return dict(json.loads(get(port, "/stats")))
 
 
-async def _one(port: int) -> float:
+async def _one(port: int) -> tuple[float, float]:
+    """One request on a new connection: seconds until the whole response had arrived
+    (its Content-Length read, as a client sees it complete) and until the server closed
+    the connection (``Connection: close``)."""
     started = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     await writer.drain()
-    data = await reader.read()
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"unexpected response: {head[:80]!r}")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await reader.readexactly(length)
+    complete = time.perf_counter() - started
+    await reader.read()  # until the server closes the connection
+    closed = time.perf_counter() - started
     writer.close()
-    if not data.startswith(b"HTTP/1.1 200"):
-        raise RuntimeError(f"unexpected response: {data[:80]!r}")
-    return time.perf_counter() - started
+    return complete, closed
 
 
-async def _paced(port: int, rate: float, duration: float) -> list[float]:
-    """Open-loop arrivals every 1/rate s for ``duration`` s; each request's latency."""
+async def _paced(port: int, rate: float, duration: float) -> list[tuple[float, float]]:
+    """Open-loop arrivals every 1/rate s for ``duration`` s; each request's latencies."""
     tasks = []
     start = time.perf_counter()
     n = int(rate * duration)
@@ -94,7 +106,7 @@ async def _closed(port: int, concurrency: int, duration: float) -> list[float]:
 
     async def client() -> None:
         while time.perf_counter() < deadline:
-            latencies.append(await _one(port))
+            latencies.append((await _one(port))[0])
 
     await asyncio.wait_for(
         asyncio.gather(*(client() for _ in range(concurrency))), timeout=duration + 120
@@ -102,7 +114,7 @@ async def _closed(port: int, concurrency: int, duration: float) -> list[float]:
     return latencies
 
 
-def paced(port: int, rate: float, duration: float) -> list[float]:
+def paced(port: int, rate: float, duration: float) -> list[tuple[float, float]]:
     return asyncio.run(_paced(port, rate, duration))
 
 
@@ -125,18 +137,24 @@ def p4_paced(
 ) -> dict[str, t.Any]:
     """Per variant: the median over ``reps`` of p50/p90/p99 (ms) and the raw latencies."""
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    close_runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     raw: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(reps):
         for variant in variants:  # interleaved: drift hits every variant alike
             with server(variant, effect, **(env or {})) as port:
                 latencies = paced(port, rate, duration)
-            runs[variant].append(percentiles(latencies))
-            raw[variant].extend(latencies)
-    medians = {
-        v: {k: statistics.median(r[k] for r in rs) for k in ("p50", "p90", "p99", "n")}
-        for v, rs in runs.items()
-    }
-    return {"medians": medians, "raw": raw}
+            complete = [c for c, _ in latencies]
+            runs[variant].append(percentiles(complete))
+            close_runs[variant].append(percentiles([closed for _, closed in latencies]))
+            raw[variant].extend(complete)
+
+    def medians(all_runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+        return {
+            v: {k: statistics.median(r[k] for r in rs) for k in ("p50", "p90", "p99", "n")}
+            for v, rs in all_runs.items()
+        }
+
+    return {"medians": medians(runs), "close": medians(close_runs), "raw": raw}
 
 
 class _Sampler(threading.Thread):
