@@ -106,7 +106,7 @@ async def _closed(port: int, concurrency: int, duration: float) -> list[float]:
 
     async def client() -> None:
         while time.perf_counter() < deadline:
-            latencies.append((await _one(port))[0])
+            latencies.append((await _one(port))[1])  # until the connection closed
 
     await asyncio.wait_for(
         asyncio.gather(*(client() for _ in range(concurrency))), timeout=duration + 120
@@ -143,10 +143,10 @@ def p4_paced(
         for variant in variants:  # interleaved: drift hits every variant alike
             with server(variant, effect, **(env or {})) as port:
                 latencies = paced(port, rate, duration)
-            complete = [c for c, _ in latencies]
-            runs[variant].append(percentiles(complete))
-            close_runs[variant].append(percentiles([closed for _, closed in latencies]))
-            raw[variant].extend(complete)
+            closed = [c for _, c in latencies]
+            runs[variant].append(percentiles([complete for complete, _ in latencies]))
+            close_runs[variant].append(percentiles(closed))
+            raw[variant].extend(closed)
 
     def medians(all_runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
         return {

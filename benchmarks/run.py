@@ -170,28 +170,30 @@ def main(argv: list[str] | None = None) -> int:
     emit(f"### P4 paced load: {rate:.0f} req/s for {duration:.0f} s, median of {p4_reps}"
          f" run(s); ratios to the variant's own baseline")  # fmt: skip
     emit()
-    emit("Latency is the time until the client has the whole response (its Content-Length"
-         " read), as wrk and browsers see it. The last column is the time until the server"
-         " closed the connection (`Connection: close`), which also counts work the server does"
-         " after sending, such as calling `close()`.")  # fmt: skip
+    emit("Latency is measured until the server closed the connection (`Connection: close`), as"
+         " in the set-up the goal was set on: it also counts what the server does after sending,"
+         " such as calling `close()`, which holds a keep-alive connection's next request. The"
+         " last column is the time until the client had the whole response (its"
+         " Content-Length read).")  # fmt: skip
     emit()
     emit("| variant | p50 ms | p90 ms | p99 ms | p50 / p90 / p99 vs baseline |"
-         " to connection close, vs baseline |")  # fmt: skip
+         " to the last byte, vs baseline |")  # fmt: skip
     emit("|---|---|---|---|---|---|")
-    table = {**p4["medians"], **p4g["medians"]}
-    closes = {**p4["close"], **p4g["close"]}
+    table = {**p4["close"], **p4g["close"]}
+    complete = {**p4["medians"], **p4g["medians"]}
     for variant, m in table.items():
         base_name = "starlette-none" if variant.startswith("starlette") else "none"
-        base, cbase, c = table[base_name], closes[base_name], closes[variant]
+        base, lbase, last = table[base_name], complete[base_name], complete[variant]
         ratios = " / ".join(f"{m[k] / base[k]:.2f}x" for k in ("p50", "p90", "p99"))
-        cratios = " / ".join(f"{c[k] / cbase[k]:.2f}x" for k in ("p50", "p90", "p99"))
+        lratios = " / ".join(f"{last[k] / lbase[k]:.2f}x" for k in ("p50", "p90", "p99"))
         emit(f"| {LABELS[variant]} | {m['p50']:.1f} | {m['p90']:.1f} | {m['p99']:.1f} | {ratios}"
-             f" | {cratios} |")  # fmt: skip
-    b, a = table["after"], table["none"]
-    ok = all(b[k] / a[k] <= 1.10 for k in ("p50", "p90", "p99"))
+             f" | {lratios} |")  # fmt: skip
+    ok = all(table["after"][k] / table["none"][k] <= 1.10 for k in ("p50", "p90", "p99"))
+    ok_last = all(complete["after"][k] / complete["none"][k] <= 1.10 for k in ("p50", "p90", "p99"))
     emit()
-    emit(f"Goal: p50, p90, p99 of (b) <= 1.10x of (a): {verdict(ok)}. p99 rests on"
-         f" {int(a['n'] * 0.01)} samples per run.")  # fmt: skip
+    emit(f"Goal: p50, p90, p99 of (b) <= 1.10x of (a), until the connection closed: {verdict(ok)};"
+         f" to the last byte: {verdict(ok_last)}. p99 rests on"
+         f" {int(table['none']['n'] * 0.01)} samples per run.")  # fmt: skip
 
     sat_duration, concurrency = (2.0, 16) if quick else (5.0, 64)
     cases = [
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
              f" {m['p90'] / rows['none']['p90']:.2f}x |")  # fmt: skip
 
     suffix = "-quick" if quick else ""  # a quick pass never overwrites the real figures
-    plot(p4["raw"] | p4g["raw"], HERE / f"latency{suffix}.png")
+    plot(p4["raw"] | p4g["raw"], HERE / f"latency{suffix}.png")  # until the connection closed
     emit()
     emit(f"![P4 latency distributions](latency{suffix}.png)")
     (HERE / f"RESULTS{suffix}.md").write_text("\n".join(out) + "\n")
@@ -257,7 +259,7 @@ def plot(raw: dict[str, list[float]], path: pathlib.Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("client latency, ms (log)")
     ax.set_ylabel("fraction of requests")
-    ax.set_title("P4: paced load, side effect of 50 ms I/O")
+    ax.set_title("P4: paced load, side effect of 50 ms I/O (until the connection closed)")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
