@@ -190,11 +190,11 @@ class Chain(ClosingResponse):
             return
         # The request's thread keeps this chain as current until its next request: a
         # finished chain refuses after() there (see _in_callback).
-        self.state = QUEUED
         if not self.callbacks:  # most requests: drop the references at once
             self.state = DONE
             self.environ = self._start_response = None
             return
+        self.state = QUEUED
         try:
             (forced_runner or self.runner).submit(self)
         except Exception:
