@@ -91,13 +91,12 @@ class Chain(ClosingResponse):
     def __init__(
         self, environ: WSGIEnvironment, runner: Runner, start_response: StartResponse
     ) -> None:
-        # ClosingResponse's fields, set here rather than through super().__init__():
-        # a Python call less for every request.
-        self._inner: t.Iterable[bytes] = ()
+        # ClosingResponse's fields (it has no __init__: a Python call less per request).
+        self._inner = ()
         self._once = [None]
         self.completed = False
-        self.error: BaseException | None = None
-        self.file_response: object = None
+        self.error = None
+        self.file_response = None
         #: ``(func, args, kwargs, context)`` tuples, in registration order.
         self.callbacks: list[
             tuple[t.Any, tuple[t.Any, ...], dict[str, t.Any], contextvars.Context]
@@ -133,13 +132,17 @@ class Chain(ClosingResponse):
         code = int(status[:3]) if status and status[:3].isdigit() else None
         return Outcome(code, self.completed, self.error)
 
+    def method_and_path(self) -> tuple[str, str]:
+        """The request's method and full path (``SCRIPT_NAME + PATH_INFO``)."""
+        environ = self.environ or {}
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        return environ.get("REQUEST_METHOD", "?"), path or "/"
+
     def describe(self) -> str:
         """``METHOD /path`` of the request, for log messages."""
-        environ = self.environ
-        if environ is None:
+        if self.environ is None:
             return "a finished request"
-        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        return f"{environ.get('REQUEST_METHOD', '?')} {path or '/'}"
+        return "{} {}".format(*self.method_and_path())
 
     def callback_names(self) -> list[str]:
         """The names of the callbacks not yet run or running, for drop and shutdown logs."""

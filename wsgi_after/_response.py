@@ -30,21 +30,23 @@ class ClosingResponse:
 
     __slots__ = ("_inner", "_once", "completed", "error", "file_response")
 
+    # The subclass's __init__ sets these fields (no super().__init__(): one Python
+    # call less per request).
+    #: The app's iterable (``()`` until :meth:`wrap`).
+    _inner: t.Iterable[bytes]
+    #: ``[None]`` until the first close(): list.pop() is atomic under the GIL, so
+    #: exactly one close() gets the item, whatever the threads.
+    _once: list[None]
+    #: True once the server asked for more after the last chunk.
+    completed: bool
+    #: The exception the app or its iterable raised.
+    error: BaseException | None
+    #: What the server's ``wsgi.file_wrapper`` returned during the request.
+    file_response: object
+
     #: The subclass with ``__len__`` (and :class:`SizedMixin`) that :meth:`wrap`
     #: switches to for sized iterables; every subclass names its own.
     sized: t.ClassVar[type[ClosingResponse]]
-
-    def __init__(self) -> None:
-        self._inner: t.Iterable[bytes] = ()
-        #: ``[None]`` until the first close(): list.pop() is atomic under the GIL,
-        #: so exactly one close() gets the item, whatever the threads.
-        self._once = [None]
-        #: True once the server asked for more after the last chunk.
-        self.completed = False
-        #: The exception the app or its iterable raised.
-        self.error: BaseException | None = None
-        #: What the server's ``wsgi.file_wrapper`` returned during the request.
-        self.file_response: object = None
 
     def wrap(self, result: t.Iterable[bytes]) -> t.Iterable[bytes]:
         """Return what the server should get for the app's ``result``.
@@ -95,13 +97,6 @@ class SizedMixin:
 
     def __len__(self) -> int:
         return len(self._inner)  # type: ignore[arg-type]
-
-
-class SizedClosingResponse(SizedMixin, ClosingResponse):
-    __slots__ = ()
-
-
-ClosingResponse.sized = SizedClosingResponse
 
 
 class ClosingFile:

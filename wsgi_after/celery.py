@@ -240,11 +240,11 @@ def _resolve(reference: str) -> t.Any:
 
 
 def _payload(chain: Chain) -> dict[str, t.Any]:
-    environ = chain.environ or {}
+    method, path = chain.method_and_path()
     error = chain.error
     return {
-        "method": environ.get("REQUEST_METHOD", "?"),
-        "path": environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
+        "method": method,
+        "path": path,
         "status": chain.status,
         "completed": chain.completed,
         "error": None if error is None else [type(error).__name__, str(error)],
