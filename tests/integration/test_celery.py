@@ -25,7 +25,7 @@ import types
 import typing as t
 import uuid
 
-import kombu
+import kombu.connection
 import kombu.serialization
 import pytest
 from celery import Celery
@@ -179,7 +179,9 @@ class Clusters:
         if cluster.redis is not None:
             cluster.redis.stop()
         else:
-            with kombu.Connection(cluster.broker, connect_timeout=5) as connection:
+            with kombu.connection.Connection(  # type: ignore[no-untyped-call]
+                cluster.broker, connect_timeout=5
+            ) as connection:
                 connection.default_channel.queue_delete(cluster.queue)
 
     def stop(self) -> None:
@@ -272,7 +274,7 @@ def test_an_argument_mutated_after_after_is_sent_as_it_was_passed(
     cluster: Cluster, runner: CeleryRunner, tasks: types.ModuleType
 ) -> None:
     def view() -> None:
-        order = {"id": 7, "items": ["book"]}
+        order: dict[str, t.Any] = {"id": 7, "items": ["book"]}
         after(tasks.record_value, order)
         order["items"].append("pen")
         order["id"] = 8
@@ -463,7 +465,7 @@ def flaky_dumps(value: object) -> str:
     return json.dumps(value)
 
 
-kombu.serialization.register(
+kombu.serialization.register(  # type: ignore[no-untyped-call]
     "wsgi_after_flaky", flaky_dumps, json.loads, content_type="application/x-flaky"
 )
 
