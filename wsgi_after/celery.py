@@ -35,27 +35,26 @@ OpenTelemetry is installed.
 
 from __future__ import annotations
 
-import atexit
 import contextvars
 import dataclasses
 import importlib
 import inspect
 import logging
-import os
 import re
 import sys
 import threading
 import time
 import typing as t
-import weakref
 from types import CoroutineType
 
 import celery
 import kombu.exceptions
 import kombu.serialization
 
-from ._chain import Chain, _current, callback_name
-from ._droplog import DropLog
+from . import lifecycle
+from ._chain import CURRENT, Chain, current_chain
+from .losslog import LossLog
+from .naming import callback_name, safe
 from .runner import ThreadRunner
 
 try:  # optional: the trace context travels only when OpenTelemetry is installed
@@ -167,11 +166,12 @@ class CeleryRunner:
         self.dead_letter = dead_letter
         self.retry_window = float(retry_window)
         self.max_pending = max_pending
+        self.drain_timeout = float(drain_timeout)
         self.serializer: str = celery_app.conf.task_serializer
         self._closing = threading.Event()
         # One publishing thread keeps messages in order; it is a ThreadRunner, so fork
-        # safety and the drain at exit come with it. The bound is ours (see submit), so
-        # that drops are logged saying where their payload went.
+        # safety and the drain come with it. The bound is ours (see submit), so that
+        # drops are logged saying where their payload went.
         self._publisher = ThreadRunner(
             max_workers=1,
             max_pending=max_pending + 1,
@@ -184,25 +184,27 @@ class CeleryRunner:
             if dead_letter is not None
             else "payload kept nowhere (pass 'dead_letter' to 'CeleryRunner' to keep it)"
         )
-        self._full_log = DropLog(
+        self._full_log = LossLog(
             f"the Celery publisher's queue is full (max_pending={max_pending}); {where}."
         )
-        self._shutdown_log = DropLog(
+        self._shutdown_log = LossLog(
             f"it was still queued when the Celery publisher shut down; {where}."
         )
-        self._unreachable_log = DropLog(
+        self._unreachable_log = LossLog(
             f"the broker could not be reached within retry_window={self.retry_window:g} s; {where}."
         )
-        self._encode_log = DropLog(
+        self._encode_log = LossLog(
             f"its message could not be encoded with the {self.serializer!r} serializer"
             f" at publish; {where}."
         )
-        self._error_log = DropLog(f"publishing it raised an unexpected error; {where}.")
+        self._error_log = LossLog(f"publishing it raised an unexpected error; {where}.")
         self._reset()
-        _celery_runners.add(self)
+        lifecycle.register(self)
 
     def _reset(self) -> None:
-        """The per-process counters: at init, and in the child after ``fork()``."""
+        """The per-process state: at init, and in the child after ``fork()``."""
+        for log in self._logs():
+            log.reset()
         self._lock = threading.Lock()
         self._queued = self._published = self._retried = self._dead_lettered = 0
         self._dropped = 0
@@ -226,7 +228,7 @@ class CeleryRunner:
         name = callback_name(func)
         reference = _reference(func, name, self.allow)
         snapshot = _snapshot(name, args, kwargs, self.serializer)
-        chain = _current.get()
+        chain = current_chain()
         if chain is not None and chain.environ is not None:
             # The chain's environ lives as long as the request: the copy waits there.
             chain.environ.setdefault(SNAPSHOTS_KEY, []).append((func, reference, *snapshot))
@@ -267,14 +269,45 @@ class CeleryRunner:
         return self._publisher.wait_idle(timeout)
 
     def shutdown(self, timeout: float | None = None) -> bool:
-        """Publish what is queued, trying each message once more; log the rest."""
+        """Publish what is queued, trying each message once more; log the rest.
+
+        Waits at most ``timeout`` seconds (``drain_timeout`` when None). To stop
+        every runner of the process against one deadline, use
+        :func:`wsgi_after.shutdown_runners`.
+        """
+        limit = lifecycle.check_timeout(self.drain_timeout if timeout is None else timeout)
+        self.begin_shutdown()
+        return self.finish_shutdown(lifecycle.deadline_after(limit))
+
+    # The lifecycle seam (wsgi_after.lifecycle): at exit and from server hooks.
+
+    def start(self) -> None:
+        """Start the publisher thread now."""
+        self._publisher.start()
+
+    def begin_shutdown(self) -> None:
+        """Stop backing off: each message left is tried once more; never blocks."""
         self._closing.set()
-        done = self._publisher.shutdown(timeout)
+        self._publisher.begin_shutdown()
+
+    def finish_shutdown(self, deadline: float | None) -> bool:
+        """Wait for the publisher until ``deadline``; log what was not published."""
+        done = self._publisher.finish_shutdown(deadline)
         for log in self._logs():
             log.close()
         return done
 
-    def _logs(self) -> tuple[DropLog, ...]:
+    def exiting(self) -> None:
+        """The interpreter is exiting: tell the publisher."""
+        self._closing.set()
+        self._publisher.exiting()
+
+    def reset_after_fork(self) -> None:
+        """In a child after ``fork()``: fresh counters, lock and publisher state."""
+        self._reset()
+        self._publisher.reset_after_fork()
+
+    def _logs(self) -> tuple[LossLog, ...]:
         return (
             self._full_log,
             self._shutdown_log,
@@ -286,11 +319,13 @@ class CeleryRunner:
     def _payload(self, chain: Chain) -> dict[str, t.Any]:
         method, path = chain.method_and_path()
         error = chain.error
-        snapshots = (chain.environ or {}).get(SNAPSHOTS_KEY) or []
+        snapshots = iter((chain.environ or {}).get(SNAPSHOTS_KEY) or ())
+        snapshot = next(snapshots, None)
         callbacks = []
-        for i, (func, args, kwargs, _) in enumerate(chain.callbacks):
-            if i < len(snapshots) and snapshots[i][0] is func:
-                _, reference, sent_args, sent_kwargs = snapshots[i]
+        for func, args, kwargs, _ in filter(None, chain.callbacks):
+            if snapshot is not None and snapshot[0] is func:
+                _, reference, sent_args, sent_kwargs = snapshot
+                snapshot = next(snapshots, None)
             else:  # not checked by after() (another runner's chain): check it now
                 name = callback_name(func)
                 try:
@@ -350,13 +385,13 @@ class CeleryRunner:
                     self._published += 1
                 return True
 
-    def _give_up(self, payload: dict[str, t.Any], log: DropLog) -> bool:
+    def _give_up(self, payload: dict[str, t.Any], log: LossLog) -> bool:
         with self._lock:
             self._dead_lettered += 1
         self._lose(payload, log)
         return False
 
-    def _lose(self, payload: dict[str, t.Any], log: DropLog) -> None:
+    def _lose(self, payload: dict[str, t.Any], log: LossLog) -> None:
         """Log a message not published, by names only, and hand it to ``dead_letter``."""
         request = _describe(payload)
         log.record([_safe(c["func"]) for c in payload["callbacks"]], request)
@@ -521,7 +556,8 @@ def _trace_headers(chain: Chain) -> dict[str, str]:
     if _propagator is None or not chain.callbacks:
         return {}
     carrier: dict[str, str] = {}
-    chain.callbacks[0][3].run(_propagator.inject, carrier)
+    first = next(filter(None, chain.callbacks))
+    first[3].run(_propagator.inject, carrier)
     return {key: value for key, value in carrier.items() if key in _TRACE_HEADERS}
 
 
@@ -530,13 +566,9 @@ def _describe(payload: dict[str, t.Any]) -> str:
 
 
 def _safe(text: object, limit: int = 200) -> str:
-    """``text`` for a log line: control characters escaped, length bounded."""
-    text = str(text)
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    """``text`` for a log line (it may come from a forged message): escaped, bounded."""
+    text = safe(text)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # The worker side.
@@ -573,7 +605,7 @@ def _run_chain(task: celery.Task, payload: object) -> None:
         if carrier:
             trace_token = otel_context.attach(_propagator.extract(carrier))
     try:
-        token = _current.set(chain)  # so outcome() and nested after() find this chain
+        token = CURRENT.set(chain)  # so outcome() and nested after() find this chain
         try:
             for reference, args, kwargs in callbacks:
                 func = _resolve(task.app, reference, allow, request)
@@ -581,7 +613,7 @@ def _run_chain(task: celery.Task, payload: object) -> None:
                     context = contextvars.copy_context()
                     chain.callbacks.append((func, tuple(args), kwargs, context))
         finally:
-            _current.reset(token)
+            CURRENT.reset(token)
         chain()
     finally:
         if trace_token is not None:
@@ -672,22 +704,3 @@ def _resolve(app: celery.Celery, reference: str, allow: tuple[str, ...], request
         problem,
     )
     return None
-
-
-_celery_runners: weakref.WeakSet[CeleryRunner] = weakref.WeakSet()
-
-
-def _close_at_exit() -> None:
-    # Registered after wsgi_after.runner's handler, so it runs first (atexit is LIFO):
-    # publishers stop backing off before their ThreadRunner drains.
-    for runner in list(_celery_runners):
-        runner._closing.set()
-
-
-def _after_fork_in_child() -> None:
-    for runner in list(_celery_runners):
-        runner._reset()
-
-
-atexit.register(_close_at_exit)
-os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -250,7 +250,7 @@ def test_callbacks_and_tasks_run_on_the_worker_in_order_with_failures_isolated(
     assert {row[1] for row in found} == {cluster.worker.pid}
     assert all(row[2:5] == (404, 1, None) for row in found)
     text = wait_for_text(
-        cluster.log, "Callback 'celery_tasks.fails' queued by 'GET /orders/1' raised."
+        cluster.log, "Callback 'celery_tasks.fails' queued by 'GET /orders/1' raised ValueError."
     )
     assert "ValueError: this callback failed" in text
     assert runner.wait_idle(10)
@@ -403,8 +403,8 @@ def test_a_failed_publish_logs_names_only_and_dead_letters_the_payload(
         " dead_letter hook 'list.append'."
     )
     assert messages == [
-        f"Dropped callback 'celery_tasks:record' queued by 'GET /reset': {reason}",
-        f"Dropped callback 'celery_tasks:record_value' queued by 'GET /reset': {reason}",
+        f"Callback 'celery_tasks:record' queued by 'GET /reset' was not run: {reason}",
+        f"Callback 'celery_tasks:record_value' queued by 'GET /reset' was not run: {reason}",
     ]
     [letter] = letters
     assert letter["callbacks"] == [
@@ -446,10 +446,10 @@ def test_dropped_messages_are_aggregated_without_payloads(
     )
     assert (
         messages[:5]
-        == [f"Dropped callback 'celery_tasks:record' queued by 'GET /reset': {full}"] * 5
+        == [f"Callback 'celery_tasks:record' queued by 'GET /reset' was not run: {full}"] * 5
     )
     assert (
-        f"Dropped 195 more callbacks in the last 10.0 s: 'celery_tasks:record' x195 ({full})"
+        f"195 more callbacks were not run in the last 10.0 s: 'celery_tasks:record' x195 ({full})"
         in messages
     )
     assert len(messages) <= 10
@@ -493,7 +493,7 @@ def test_an_encoding_error_at_publish_is_logged_by_name_and_dead_lettered(
     records = loud_records(caplog)
     assert_no_secret(records)
     assert [r.getMessage() for r in records if r.name == "wsgi_after"] == [
-        "Dropped callback 'celery_tasks:record' queued by 'GET /reset': its message could not"
+        "Callback 'celery_tasks:record' queued by 'GET /reset' was not run: its message could not"
         " be encoded with the 'wsgi_after_flaky' serializer at publish; payload given to the"
         " dead_letter hook 'list.append'."
     ]
