@@ -94,7 +94,7 @@ def test_inline_callback_error_fails_the_request_after_the_rest_ran(
     with pytest.raises(RuntimeError, match=r"^the callback failed$"):
         client.get("/fail")
     assert items(recorded) == ["after the failure"]
-    assert "Callback 'tests.django_project.views.explode' queued by 'GET /fail' raised." in (
+    assert "Callback 'tests.django_project.views.explode' queued by 'GET /fail' raised RuntimeError." in (
         log.messages
     )
 
@@ -105,7 +105,7 @@ def test_threaded_callback_error_is_logged_not_raised(
     assert client.get("/fail").status_code == 200
     wait_idle()
     assert items(recorded) == ["after the failure"]
-    assert "Callback 'tests.django_project.views.explode' queued by 'GET /fail' raised." in (
+    assert "Callback 'tests.django_project.views.explode' queued by 'GET /fail' raised RuntimeError." in (
         log.messages
     )
 

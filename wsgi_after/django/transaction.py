@@ -28,7 +28,8 @@ import weakref
 from django.db import DEFAULT_DB_ALIAS, transaction
 
 from .. import OutsideRequestError, after
-from ._core import callback_name, current_chain
+from .. import current_chain
+from ..naming import callback_name
 from .database import callback_scope
 from .inline import take_errors
 from .runner import SettingsRunner
