@@ -43,6 +43,9 @@ pytestmark = pytest.mark.timeout(30)
 
 OK = Outcome(200, True, None)
 INLINE = {"INLINE": True}
+EXPLODED = (
+    "Callback 'tests.django_project.views.explode' queued by 'GET /fail' raised RuntimeError."
+)
 
 
 @pytest.fixture(autouse=True)
@@ -94,9 +97,7 @@ def test_inline_callback_error_fails_the_request_after_the_rest_ran(
     with pytest.raises(RuntimeError, match=r"^the callback failed$"):
         client.get("/fail")
     assert items(recorded) == ["after the failure"]
-    assert "Callback 'tests.django_project.views.explode' queued by 'GET /fail' raised RuntimeError." in (
-        log.messages
-    )
+    assert EXPLODED in log.messages
 
 
 def test_threaded_callback_error_is_logged_not_raised(
@@ -105,9 +106,7 @@ def test_threaded_callback_error_is_logged_not_raised(
     assert client.get("/fail").status_code == 200
     wait_idle()
     assert items(recorded) == ["after the failure"]
-    assert "Callback 'tests.django_project.views.explode' queued by 'GET /fail' raised RuntimeError." in (
-        log.messages
-    )
+    assert EXPLODED in log.messages
 
 
 def test_a_view_error_is_the_outcome_error(

@@ -27,8 +27,7 @@ import weakref
 
 from django.db import DEFAULT_DB_ALIAS, transaction
 
-from .. import OutsideRequestError, after
-from .. import current_chain
+from .. import OutsideRequestError, after, current_chain
 from ..naming import callback_name
 from .database import callback_scope
 from .inline import take_errors
