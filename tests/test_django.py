@@ -23,6 +23,7 @@ from django.db import connection
 from django.http import FileResponse
 from django.test import Client, TestCase, override_settings
 
+import tests.django_project.configured  # noqa: F401  (before the models)
 from tests.django_project import views
 from tests.django_project.shop.models import Note
 from tests.helpers import call, make_environ, serve

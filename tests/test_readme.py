@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
 import subprocess
@@ -33,8 +32,6 @@ def test_readme_block_runs(code: str, tmp_path: pathlib.Path) -> None:
         text=True,
         timeout=60,
         cwd=tmp_path,
-        # pytest-django exports the project's own Django settings; README code brings its own.
-        env={k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stderr

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from django.db import connections
 
+import tests.django_project.configured  # noqa: F401  (Django's settings)
 from tests.integration.client import fetch
 from tests.integration.servers import free_port, python, running
 
