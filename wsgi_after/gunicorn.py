@@ -45,9 +45,7 @@ def child_exit(server: t.Any, worker: t.Any) -> None:
     multiprocess mode, mark the dead worker so its live gauges (the queue depth)
     stop counting; its counters and histograms stay in the sums. Does nothing
     without ``PROMETHEUS_MULTIPROC_DIR`` or prometheus_client."""
-    if not (
-        os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
-    ):
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
     try:
         from prometheus_client import multiprocess

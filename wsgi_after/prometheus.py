@@ -69,9 +69,7 @@ _OUTCOMES: dict[str, str] = {
 
 def multiprocess_mode() -> bool:
     """Whether prometheus_client writes its values to ``PROMETHEUS_MULTIPROC_DIR``."""
-    return bool(
-        os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
-    )
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 def queue_depth() -> int:
