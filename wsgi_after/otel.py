@@ -18,8 +18,11 @@ children. Attributes:
 
 * ``wsgi_after.callback``: the callback's ``module.qualname``;
 * ``http.request.method`` and ``url.path``: the request's;
-* ``http.route``: the request's route when known (Flask's ``url_rule``, or what
-  the ``route`` function given to :func:`instrument` returns);
+* ``http.route``: the request's route when known: Flask's ``url_rule``, what
+  the ``route`` function given to :func:`instrument` returns, or what the app
+  put in ``environ["wsgi_after.route"]`` (Django:
+  ``request.META["wsgi_after.route"] = request.resolver_match.route``); it is
+  read when ``after()`` is called, while the request is still being handled;
 * ``wsgi_after.queue_delay``: seconds from the response's close to the start.
 
 A callback that raises gets the exception recorded on its span and status ERROR.
@@ -56,7 +59,10 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import current_chain, events, lifecycle
 from .callback_stats import BoundedNames
 
-__all__ = ["default_route", "instrument", "uninstrument"]
+__all__ = ["ROUTE_KEY", "default_route", "instrument", "uninstrument"]
+
+#: The WSGI environ key holding the request's route (set by the app, or by this module).
+ROUTE_KEY = "wsgi_after.route"
 
 Route = t.Callable[[t.Mapping[str, t.Any]], "str | None"]
 
@@ -140,12 +146,15 @@ class _Instrumentation:
         if kind == "started":
             self.start_span(event)
             return
+        if kind == "queued":
+            self.note_route()
+            return
         name = self.names(event.name)
         if kind == "slow":
             self.hung.add(1, {"wsgi_after.callback": name})
             return
         outcome = _OUTCOMES.get(kind)
-        if outcome is None:  # queued
+        if outcome is None:
             return
         labels = {"wsgi_after.callback": name}
         self.callbacks.add(1, {"outcome": outcome, **labels})
@@ -156,6 +165,14 @@ class _Instrumentation:
         if kind in ("finished", "failed"):
             self.end_span(event)
 
+    def note_route(self) -> None:
+        """In the request (a "queued" event): keep its route in its environ, where the
+        callback's span finds it (Flask's request is gone by then)."""
+        chain = current_chain()
+        environ = chain.environ if chain is not None else None
+        if environ is not None and ROUTE_KEY not in environ:
+            environ[ROUTE_KEY] = self.route(environ)
+
     def start_span(self, event: events.CallbackEvent) -> None:
         """Called inside the callback's context: the current span is the one that was
         current at ``after()``, which becomes the parent."""
@@ -165,10 +182,9 @@ class _Instrumentation:
             "url.path": event.path,
         }
         chain = current_chain()
-        if chain is not None and chain.environ is not None:
-            route = self.route(chain.environ)
-            if route:
-                attributes["http.route"] = route
+        route = chain.environ.get(ROUTE_KEY) if chain is not None and chain.environ else None
+        if isinstance(route, str) and route:
+            attributes["http.route"] = route
         if event.queue_delay is not None:
             attributes["wsgi_after.queue_delay"] = event.queue_delay
         span = self.tracer.start_span(
@@ -207,7 +223,9 @@ def instrument(
     :param tracer_provider: where the spans go; the global one by default.
     :param meter_provider: where the metrics go; the global one by default.
     :param route: returns the route (``"/users/<id>"``) of a request from its WSGI
-        environ, or None to leave ``http.route`` out. The default knows Flask's.
+        environ, or None to leave ``http.route`` out; called in the request, at its
+        first ``after()``, unless the environ has ``"wsgi_after.route"`` already.
+        The default knows Flask's (any Werkzeug request's ``url_rule``).
     :param max_callback_names: distinct callback names in metric attributes;
         later names are reported as ``"other"``. 100 bounds the time series.
     :raises TypeError: if ``route`` is not callable.
