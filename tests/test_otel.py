@@ -25,7 +25,7 @@ from wsgi_after.flask import After
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-Runner = t.Union[ThreadRunner, InlineRunner]
+Runner = ThreadRunner | InlineRunner
 
 
 class Telemetry(t.NamedTuple):
@@ -51,11 +51,9 @@ def telemetry() -> collections.abc.Iterator[Telemetry]:
 
 @pytest.fixture(params=["thread", "inline"])
 def any_runner(request: pytest.FixtureRequest) -> collections.abc.Iterator[Runner]:
-    runner: Runner = (
-        ThreadRunner(max_workers=2, name="otel-test")
-        if request.param == "thread"
-        else InlineRunner()
-    )
+    runner: Runner = InlineRunner()
+    if request.param == "thread":
+        runner = ThreadRunner(max_workers=2, name="otel-test")
     yield runner
     runner.shutdown(5.0)
 
