@@ -29,8 +29,9 @@ Several processes (gunicorn workers): in prometheus_client's multiprocess mode
 (``PROMETHEUS_MULTIPROC_DIR`` set to an empty directory before the server
 starts) the counters and histograms are summed over every worker, dead ones
 included, and the queue depth is the sum over the live workers, each worker
-updating it at each of its callback events. Add the gunicorn hook that forgets
-a dead worker's gauge, and expose the directory's metrics::
+sampling its own every ``depth_interval`` seconds on a daemon thread (started
+in each worker, also after a fork). Add the gunicorn hook that forgets a dead
+worker's gauge, and expose the directory's metrics::
 
     # gunicorn.conf.py
     from wsgi_after.gunicorn import child_exit, post_fork, worker_exit
@@ -47,7 +48,9 @@ runs in the request's hot path.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import typing as t
 
 import prometheus_client
@@ -55,6 +58,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import events, lifecycle
 from .callback_stats import BoundedNames
+
+logger = logging.getLogger("wsgi_after")
 
 __all__ = ["install", "multiprocess_mode", "queue_depth", "uninstall"]
 
@@ -90,8 +95,11 @@ class _Metrics:
         registry: CollectorRegistry,
         max_callback_names: int,
         buckets: t.Sequence[float],
+        depth_interval: float,
     ) -> None:
         self.registry = registry
+        self.depth_interval = depth_interval
+        self.stopped = threading.Event()
         self.names = BoundedNames(max_callback_names)
         self.live_gauge = multiprocess_mode()
         self.metrics: list[t.Any] = []
@@ -136,10 +144,23 @@ class _Metrics:
                 multiprocess_mode="livesum",
             )
         )
-        if self.live_gauge:
-            self.depth.set(queue_depth())
-        else:  # one process: read at each scrape
+        if not self.live_gauge:  # one process: read at each scrape
             self.depth.set_function(queue_depth)
+
+    def start_sampler(self) -> None:
+        """Multiprocess mode: sample this process's queue depth into its gauge file."""
+        if not self.live_gauge:
+            return
+        self.stopped = threading.Event()
+        threading.Thread(
+            target=_sample,
+            args=(self.depth, self.stopped, self.depth_interval),
+            name="wsgi-after-prometheus",
+            daemon=True,
+        ).start()
+
+    def stop_sampler(self) -> None:
+        self.stopped.set()
 
     def add(self, metric: t.Any) -> t.Any:
         self.metrics.append(metric)
@@ -175,8 +196,19 @@ class _Metrics:
                 self.delay.observe(event.queue_delay)
             if event.run_time is not None:
                 self.duration.labels(name).observe(event.run_time)
-        if self.live_gauge and kind != "queued":
-            self.depth.set(queue_depth())
+
+
+def _sample(gauge: Gauge, stopped: threading.Event, interval: float) -> None:
+    logged = False
+    while True:
+        try:
+            gauge.set(queue_depth())
+        except Exception:
+            if not logged:  # once: it would fail the same way every interval
+                logged = True
+                logger.exception("Could not sample the queue depth for Prometheus.")
+        if stopped.wait(interval):
+            return
 
 
 _installed: _Metrics | None = None
@@ -187,6 +219,7 @@ def install(
     *,
     max_callback_names: int = 100,
     buckets: t.Sequence[float] = Histogram.DEFAULT_BUCKETS,
+    depth_interval: float = 1.0,
 ) -> None:
     """Register the metrics (see the module's docstring) and start counting.
 
@@ -198,19 +231,31 @@ def install(
     :param max_callback_names: distinct ``callback`` label values; later names
         are reported as ``"other"``. 100 bounds the time series.
     :param buckets: the histograms' bucket bounds, in seconds.
+    :param depth_interval: in multiprocess mode, seconds between two samples of
+        the queue depth (one process cannot read another's queue at scrape time).
     :raises ValueError: if the registry already has metrics of these names
-        (registered by hand), or ``max_callback_names`` is not an int of at least 1.
+        (registered by hand), or an option is out of range.
     """
     global _installed
+    if (
+        isinstance(depth_interval, bool)
+        or not isinstance(depth_interval, (int, float))
+        or not 0 < depth_interval < float("inf")
+    ):
+        raise ValueError(
+            f"'depth_interval' must be a number of seconds above 0, got {depth_interval!r}."
+        )
     metrics = _Metrics(
         prometheus_client.REGISTRY if registry is None else registry,
         max_callback_names,
         buckets,
+        float(depth_interval),
     )
     uninstall()
     metrics.register()
     _installed = metrics
     events.subscribe(metrics)
+    metrics.start_sampler()
 
 
 def uninstall() -> None:
@@ -218,5 +263,15 @@ def uninstall() -> None:
     global _installed
     if _installed is not None:
         events.unsubscribe(_installed)
+        _installed.stop_sampler()
         _installed.unregister()
         _installed = None
+
+
+def _restart_sampler_in_child() -> None:
+    if _installed is not None:  # the parent's sampler thread does not exist here
+        _installed.start_sampler()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_restart_sampler_in_child)
