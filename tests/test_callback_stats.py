@@ -61,9 +61,11 @@ def test_counts_and_timings_by_name(stats: CallbackStats) -> None:
 
 def test_drops_losses_and_slow_callbacks(stats: CallbackStats) -> None:
     release = threading.Event()
+    running = threading.Event()
     slow_seen = threading.Event()
 
     def blocker() -> None:
+        running.set()
         assert release.wait(10)
 
     def on_slow(event: events.CallbackEvent) -> None:
@@ -76,6 +78,7 @@ def test_drops_losses_and_slow_callbacks(stats: CallbackStats) -> None:
     )
     try:
         serve(AfterMiddleware(queuing(blocker), runner=runner))
+        assert running.wait(5)
         serve(AfterMiddleware(queuing(ok), runner=runner))  # waits in the queue
         serve(AfterMiddleware(queuing(ok), runner=runner))  # dropped
         assert slow_seen.wait(5)
