@@ -160,7 +160,7 @@ def test_wsgi_after_imports_where_os_has_no_register_at_fork() -> None:
 
 
 SIGTERM_TWICE = """
-import logging, os, signal, sys, threading, time
+import atexit, logging, os, signal, sys, threading, time
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
 from wsgi_after import ThreadRunner, exit_on_sigterm
 
@@ -175,6 +175,8 @@ def slow():
 
 runner.submit(slow)
 started.wait(10)
+# Registered after wsgi_after's drain, so it runs just before it (atexit is LIFO).
+atexit.register(lambda: print("exiting", flush=True))
 print("ready", flush=True)
 while True:
     time.sleep(0.05)
@@ -192,7 +194,8 @@ def test_a_second_sigterm_does_not_cut_the_drain_short() -> None:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "ready"
         process.send_signal(signal.SIGTERM)
-        process.send_signal(signal.SIGTERM)  # a supervisor repeating itself
+        assert process.stdout.readline().strip() == "exiting"
+        process.send_signal(signal.SIGTERM)  # during the drain: a supervisor repeating itself
         out, err = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
