@@ -68,6 +68,7 @@ class _RoutedContext(_ContextBase):  # type: ignore[misc]
     def match_request(self) -> None:
         """Keep the request's own ``url_rule`` and ``view_args`` (no second routing)."""
 
+
 #: What the request left for its callbacks: its app, request, session and ``g``.
 #: Set while a callback runs, so that ``after()`` inside a callback (whose
 #: snapshot holds the callback's context) still starts from the request's own.
