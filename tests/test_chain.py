@@ -41,7 +41,9 @@ def test_outside_request_raises_with_the_fix() -> None:
         after(print)
     assert str(info.value) == (
         "'after()' was called outside a request handled by 'AfterMiddleware'."
-        " Wrap the WSGI app with 'AfterMiddleware' or call 'After.init_app(app)'."
+        " Wrap the WSGI app with 'AfterMiddleware' (Flask: 'After(app)'); in a"
+        " thread started by the view, run the thread's function in a copy of the"
+        " request's context: 'contextvars.copy_context().run(func)'."
     )
     assert isinstance(info.value, RuntimeError)
 
@@ -163,7 +165,7 @@ def test_failing_callback_is_logged_by_name_and_the_rest_run(
     assert record.name == "wsgi_after"
     assert record.getMessage() == (
         "Callback 'tests.test_chain.test_failing_callback_is_logged_by_name_and_the_rest_run"
-        ".<locals>.broken' queued by 'POST /orders/7' raised."
+        ".<locals>.broken' queued by 'POST /orders/7' raised ValueError."
     )
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], ValueError)

@@ -52,7 +52,7 @@ def test_default_runner_is_a_thread_runner_built_from_options() -> None:
         ),
         pytest.param(
             {"drain_timeout": -1},
-            "'drain_timeout' must be a number of seconds of at least 0, got -1.",
+            "'drain_timeout' must be a number of seconds of at least 0 (inf: no limit), got -1.",
             id="drain",
         ),
     ],
@@ -65,7 +65,7 @@ def test_invalid_options_name_the_allowed_values(options: dict[str, t.Any], mess
 
 def test_runner_without_submit_is_refused() -> None:
     with pytest.raises(TypeError) as info:
-        AfterMiddleware(lambda e, s: [], runner=object())  # type: ignore[arg-type]
+        AfterMiddleware(lambda e, s: [], runner=object())  # type: ignore[call-overload]
     assert str(info.value) == (
         "'runner' must have a 'submit(fn)' method, like 'ThreadRunner' or a"
         " 'concurrent.futures.Executor', got 'object'."
@@ -74,7 +74,7 @@ def test_runner_without_submit_is_refused() -> None:
 
 def test_runner_with_pool_options_is_refused() -> None:
     with pytest.raises(TypeError, match=r"got 'max_workers' with 'runner'\. Pass the options"):
-        AfterMiddleware(lambda e, s: [], runner=InlineRunner(), max_workers=2)
+        AfterMiddleware(lambda e, s: [], runner=InlineRunner(), max_workers=2)  # type: ignore[call-overload]
 
 
 def test_an_executor_works_as_runner() -> None:
@@ -219,16 +219,45 @@ def test_concurrent_close_schedules_once() -> None:
     assert len(inner_closes) == 50
 
 
-def test_nothing_a_callback_does_reaches_close() -> None:
+def test_nothing_a_callback_raises_reaches_close_on_a_thread_runner(
+    runner: ThreadRunner, log: pytest.LogCaptureFixture
+) -> None:
+    ran: list[str] = []
+
     def fatal() -> None:
         raise SystemExit(3)
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
         after(fatal)
+        after(ran.append, "next")
         start_response("200 OK", [])
         return [b""]
 
-    serve(AfterMiddleware(app, runner=InlineRunner()))  # does not raise
+    serve(AfterMiddleware(app, runner=runner))  # does not raise
+    assert runner.wait_idle(5)
+    assert ran == ["next"]
+    assert [r.exc_info[0] for r in log.records if r.exc_info] == [SystemExit]
+
+
+def test_an_interrupt_in_the_servers_thread_is_raised_after_the_chain(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    ran: list[str] = []
+
+    def fatal() -> None:
+        raise SystemExit(3)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(fatal)
+        after(ran.append, "next")
+        start_response("200 OK", [])
+        return [b""]
+
+    with pytest.raises(SystemExit) as info:
+        serve(AfterMiddleware(app, runner=InlineRunner()))
+    assert info.value.code == 3
+    assert ran == ["next"]  # the rest ran first
+    assert [r.exc_info[0] for r in log.records if r.exc_info] == [SystemExit]
 
 
 def test_start_response_exc_info_and_write_pass_through() -> None:
@@ -362,9 +391,11 @@ def test_nested_middleware_passes_through() -> None:
 
     inner = AfterMiddleware(app, runner=InlineRunner())
     outer = AfterMiddleware(inner, runner=InlineRunner())
-    response = serve(outer)
+    iterable = call(outer)
+    assert iterable._inner == [b""]  # wrapped once, by the outer one
+    assert b"".join(iterable) == b""
+    iterable.close()
     assert ran == ["once"]
-    assert response.iterable._inner == [b""]  # wrapped once, by the outer one
 
 
 def test_environ_is_released_after_the_callbacks_ran() -> None:

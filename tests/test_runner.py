@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import serve
 from wsgi_after import AfterMiddleware, InlineRunner, RunnerStats, ThreadRunner, after
-from wsgi_after._droplog import DropLog
+from wsgi_after.losslog import LossLog
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -48,11 +48,13 @@ def test_submit_runs_on_named_worker_threads(runner: ThreadRunner) -> None:
     assert names[0].startswith("test-runner-")
 
 
-def test_threads_start_lazily() -> None:
+def test_threads_start_when_tasks_need_them() -> None:
     runner = ThreadRunner(max_workers=3, name="lazy")
     assert not [th for th in threading.enumerate() if th.name.startswith("lazy-")]
     runner.submit(lambda: None)
     assert runner.wait_idle(5)
+    assert [th.name for th in threading.enumerate() if th.name.startswith("lazy-")] == ["lazy-0"]
+    runner.start()
     assert sorted(th.name for th in threading.enumerate() if th.name.startswith("lazy-")) == [
         "lazy-0",
         "lazy-1",
@@ -139,7 +141,7 @@ def test_queue_full_drop_logs_every_callback_by_name(log: pytest.LogCaptureFixtu
     assert (
         messages
         == [
-            "Dropped callback 'tests.test_runner.notify_customer' queued by 'GET /b':"
+            "Callback 'tests.test_runner.notify_customer' queued by 'GET /b' was not run:"
             " the queue is full (max_pending=1).",
         ]
         * 2
@@ -155,28 +157,28 @@ def notify_customer(n: int) -> None:
 
 
 def test_drop_log_names_the_first_then_counts(log: pytest.LogCaptureFixture) -> None:
-    drops = DropLog("full.", burst=2, interval=60)
+    drops = LossLog("full.", burst=2, interval=60)
     for i in range(5):
         drops.record(["mod.a", "mod.b"] if i % 2 else ["mod.a"], f"GET /{i}")
     drops.close()
     messages = [r.getMessage() for r in log.records]
     assert messages == [
-        "Dropped callback 'mod.a' queued by 'GET /0': full.",
-        "Dropped callback 'mod.a' queued by 'GET /1': full.",
-        "Dropped 5 more callbacks in the last 60.0 s: 'mod.a' x3, 'mod.b' x2 (full.)",
+        "Callback 'mod.a' queued by 'GET /0' was not run: full.",
+        "Callback 'mod.a' queued by 'GET /1' was not run: full.",
+        "5 more callbacks were not run in the last 60.0 s: 'mod.a' x3, 'mod.b' x2 (full.)",
     ]
 
 
 def test_drop_log_summarises_each_interval_by_itself(log: pytest.LogCaptureFixture) -> None:
-    drops = DropLog("full.", burst=1, interval=0.05)
+    drops = LossLog("full.", burst=1, interval=0.05)
     drops.record(["mod.a", "mod.a", "mod.a"], "GET /")
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and len(log.records) < 2:
         time.sleep(0.01)
     drops.close()
     assert [r.getMessage() for r in log.records][:2] == [
-        "Dropped callback 'mod.a' queued by 'GET /': full.",
-        "Dropped 2 more callbacks in the last 0.1 s: 'mod.a' x2 (full.)",
+        "Callback 'mod.a' queued by 'GET /' was not run: full.",
+        "2 more callbacks were not run in the last 0.1 s: 'mod.a' x2 (full.)",
     ]
 
 
@@ -206,7 +208,7 @@ def test_shutdown_timeout_logs_what_did_not_run(log: pytest.LogCaptureFixture) -
     errors = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
     assert errors[0] == (
         "Callback 'tests.test_runner.notify_customer' queued by 'GET /late' was not run:"
-        " 'wsgi-after' shut down before its turn (drain timeout 0.1 s)."
+        " 'wsgi-after' shut down before its turn (it drained for 0.1 s)."
     )
     assert "were still running when 'wsgi-after' shut down" in errors[1]
     assert runner.stats().dropped == 1

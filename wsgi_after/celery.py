@@ -43,7 +43,8 @@ import celery
 import kombu.exceptions
 import kombu.serialization
 
-from ._chain import Chain, _current, callback_name
+from ._chain import CURRENT, Chain
+from .naming import callback_name
 from .runner import ThreadRunner
 
 logger = logging.getLogger("wsgi_after")
@@ -255,7 +256,7 @@ def _payload(chain: Chain) -> dict[str, t.Any]:
                 "args": list(args),
                 "kwargs": kwargs,
             }
-            for func, args, kwargs, _ in chain.callbacks
+            for func, args, kwargs, _ in filter(None, chain.callbacks)
         ],
     }
 
@@ -268,7 +269,7 @@ def run_chain(task: celery.Task, payload: dict[str, t.Any]) -> None:
     chain.completed = payload["completed"]
     if payload["error"] is not None:
         chain.error = RemoteError(*payload["error"])
-    token = _current.set(chain)  # so outcome() and nested after() find this chain
+    token = CURRENT.set(chain)  # so outcome() and nested after() find this chain
     try:
         for callback in payload["callbacks"]:
             reference = callback["func"]
@@ -288,7 +289,7 @@ def run_chain(task: celery.Task, payload: dict[str, t.Any]) -> None:
             context = contextvars.copy_context()
             chain.callbacks.append((func, tuple(callback["args"]), callback["kwargs"], context))
     finally:
-        _current.reset(token)
+        CURRENT.reset(token)
     chain()
 
 

@@ -145,7 +145,9 @@ def test_callbacks_run_on_the_worker_in_order_with_failures_isolated(
     assert {row[1] for row in found} != {os.getpid()}
     assert len({row[1] for row in found}) == 1
     assert all(row[2:5] == (404, 1, None) for row in found)
-    text = wait_for_text(log, "Callback 'celery_tasks.fails' queued by 'GET /orders/1' raised.")
+    text = wait_for_text(
+        log, "Callback 'celery_tasks.fails' queued by 'GET /orders/1' raised ValueError."
+    )
     assert "ValueError: this callback failed" in text
 
 
