@@ -47,8 +47,7 @@ import flask
 import flask.ctx
 from flask import Flask, got_request_exception
 
-import wsgi_after
-
+from . import current_chain
 from .middleware import AfterMiddleware
 from .runner import InlineRunner, Runner, ThreadRunner
 
@@ -179,13 +178,21 @@ class After:
         :returns: True if every queued callback ran.
         """
         runners = [self._runners[app]] if app is not None else list(self._runners.values())
-        deadline = None if timeout is None else time.monotonic() + timeout
+        stopping = list(dict.fromkeys(runners))  # a shared runner once
+        if timeout is None:
+            timeout = max((getattr(r, "drain_timeout", 0.0) for r in stopping), default=0.0)
+        deadline = time.monotonic() + timeout
+        for runner in stopping:  # all stop taking work first, then all drain
+            begin = getattr(runner, "begin_shutdown", None)
+            if begin is not None:
+                begin()
         ok = True
-        for runner in dict.fromkeys(runners):  # each once, in order
-            stop = getattr(runner, "shutdown", None)
-            if callable(stop):
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                ok = stop(left) is not False and ok
+        for runner in stopping:
+            finish = getattr(runner, "finish_shutdown", None)
+            if finish is not None:
+                ok = finish(deadline) and ok
+            else:
+                ok = runner.shutdown(max(0.0, deadline - time.monotonic())) and ok
         return ok
 
 
@@ -291,7 +298,7 @@ class _CallbackContext:
         app = self._app()
         if app is None:
             return
-        chain = getattr(wsgi_after, "current_chain", lambda: None)()
+        chain = current_chain()
         environ = chain.environ if chain is not None else None
         if environ is None:
             self._push(app.app_context())
