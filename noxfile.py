@@ -15,6 +15,10 @@ whole suite. The Pythons are found on the ``PATH`` as ``python3.10`` ... ``pytho
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -35,6 +39,26 @@ SERVERS = {
 }
 NEWEST = ("3.13", "3.1", "newest")
 OLDEST = ("3.10", "2.3", "oldest")
+
+
+def _pyenv_pythons() -> None:
+    """Let pyenv's ``python3.X`` shims answer for every installed 3.10-3.13.
+
+    A shim runs only the versions pyenv has selected (usually one); naming all of them in
+    ``PYENV_VERSION`` makes each ``python3.X`` on the ``PATH`` work, as nox expects.
+    """
+    pyenv = shutil.which("pyenv")
+    if pyenv is None or "PYENV_VERSION" in os.environ:
+        return
+    installed = subprocess.run(
+        [pyenv, "versions", "--bare"], capture_output=True, text=True, check=False, timeout=30
+    ).stdout.split()
+    chosen = [v for v in installed if v.rsplit(".", 1)[0] in PYTHONS]
+    if chosen:
+        os.environ["PYENV_VERSION"] = ":".join(chosen)
+
+
+_pyenv_pythons()
 
 
 def cell(python: str, flask: str, servers: str) -> str:

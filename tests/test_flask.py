@@ -484,7 +484,6 @@ def test_http_errors_and_handled_errors_leave_no_error() -> None:
 
 def test_a_deleted_app_is_freed_without_the_garbage_collector() -> None:
     ran = threading.Event()
-    gc.collect()
     gc.disable()
     try:
         app = Flask(__name__)
