@@ -8,6 +8,7 @@ which the demo sets.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -37,7 +38,7 @@ def database() -> str:
 def write_audit(request_id: str, variant: str) -> None:
     """Write one audit row through a slow sink."""
     time.sleep(SINK_SECONDS)
-    with sqlite3.connect(database(), timeout=30) as db:
+    with contextlib.closing(sqlite3.connect(database(), timeout=30)) as db, db:
         db.execute("insert into audit values (?, ?, ?)", (request_id, variant, time.time()))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import importlib
 import logging
 import os
@@ -97,7 +98,7 @@ def rows(tasks: types.ModuleType, count: int, timeout: float = 30.0) -> list[tup
     deadline = time.monotonic() + timeout
     found: list[tuple[t.Any, ...]] = []
     while time.monotonic() < deadline:
-        with sqlite3.connect(tasks.DB, timeout=30) as db:
+        with contextlib.closing(sqlite3.connect(tasks.DB, timeout=30)) as db, db:
             found = db.execute("select * from runs order by rowid").fetchall()
         if len(found) >= count:
             break
@@ -112,7 +113,7 @@ def runner(
     from wsgi_after.celery import CeleryRunner
 
     tasks = cluster[0]
-    with sqlite3.connect(tasks.DB) as db:
+    with contextlib.closing(sqlite3.connect(tasks.DB)) as db, db:
         db.execute("delete from runs")
     runner = CeleryRunner(tasks.celery_app, retry_window=60)
     yield runner

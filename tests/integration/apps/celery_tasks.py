@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -17,14 +18,14 @@ celery_app = Celery("wsgi_after_tests", broker=os.environ["WSGI_AFTER_BROKER"])
 celery_app.conf.update(task_ignore_result=True, broker_connection_retry_on_startup=True)
 register(celery_app)  # the worker runs wsgi_after.run_chain
 
-with sqlite3.connect(DB) as _db:
+with contextlib.closing(sqlite3.connect(DB)) as _db, _db:
     _db.execute("create table if not exists runs (name, pid, status, completed, error, at)")
 
 
 def record(name: str) -> None:
     result = outcome()
     assert result is not None
-    with sqlite3.connect(DB, timeout=30) as db:
+    with contextlib.closing(sqlite3.connect(DB, timeout=30)) as db, db:
         db.execute(
             "insert into runs values (?, ?, ?, ?, ?, ?)",
             (
