@@ -464,3 +464,108 @@ def test_passes_wsgiref_validator_with_warnings_as_errors() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(["/", "/stream", "/file"] * 2)
+
+
+# --- Hardening (issue 9) ------------------------------------------------------------
+
+
+def test_a_process_pool_is_refused_as_runner() -> None:
+    with (
+        concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool,
+        pytest.raises(TypeError) as info,
+    ):
+        AfterMiddleware(lambda e, s: [], runner=pool)
+    assert str(info.value) == (
+        "'runner' cannot be a 'ProcessPoolExecutor': a request's callbacks and their"
+        " contexts cannot be sent to another process. Use 'ThreadRunner', or"
+        " 'wsgi_after.celery.CeleryRunner' to run them in other processes."
+    )
+
+
+def test_what_an_executors_future_reports_is_logged(log: pytest.LogCaptureFixture) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(print, end="")
+        start_response("200 OK", [])
+        return [b""]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+
+        def hold() -> None:
+            started.set()
+            release.wait(10)
+
+        pool.submit(hold)
+        assert started.wait(5)
+        middleware = AfterMiddleware(app, runner=pool)
+        serve(middleware, "/cancelled")  # queued behind the busy worker
+        pool.shutdown(wait=False, cancel_futures=True)
+        release.set()
+    [message] = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert message == (
+        "Callbacks ['builtins.print'] queued by 'GET /cancelled' were not run: the executor"
+        " cancelled them."
+    )
+
+
+def test_a_closed_response_keeps_nothing_of_the_request_alive(runner: ThreadRunner) -> None:
+    import gc
+    import weakref
+
+    class Body(list[bytes]):
+        pass
+
+    refs: list[weakref.ref[t.Any]] = []
+    done = threading.Event()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(done.set)
+        start_response("200 OK", [])
+        body = Body([b"x" * 1024])
+        refs.append(weakref.ref(body))
+        return body
+
+    gc.disable()  # reference counting alone must free it
+    try:
+        serve(AfterMiddleware(app, runner=runner))
+        assert done.wait(5)
+        assert runner.wait_idle(5)
+        assert refs[0]() is None  # not kept until this thread's next request
+    finally:
+        gc.enable()
+
+
+def test_an_app_errors_traceback_is_freed_without_the_gc() -> None:
+    import gc
+    import weakref
+
+    class Local:
+        pass
+
+    refs: list[weakref.ref[Local]] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        local = Local()  # a view's local, kept alive by the error's traceback
+        refs.append(weakref.ref(local))
+        after(print, end="")
+        raise ValueError("boom")
+
+    gc.disable()
+    try:
+        with pytest.raises(ValueError, match="boom"):
+            serve(AfterMiddleware(app, runner=InlineRunner()))
+        assert refs[0]() is None  # no chain <-> traceback cycle left for the gc
+    finally:
+        gc.enable()
+
+
+def test_file_wrapper_keywords_pass_through() -> None:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"hello"), blksize=2)
+
+    environ = make_environ(extra={"wsgi.file_wrapper": wsgiref.util.FileWrapper})
+    response = call(AfterMiddleware(app, runner=InlineRunner()), environ)
+    assert b"".join(response) == b"hello"
+    response.close()

@@ -307,3 +307,160 @@ def test_interpreter_exit_stops_at_drain_timeout_and_names_the_rest() -> None:
     assert len(not_run) == 2
     assert len(cut_off) == 2
     assert all("'__main__.slow'" in line for line in not_run + cut_off)
+
+
+# --- Hardening (issue 9) ------------------------------------------------------------
+
+
+def test_a_thread_that_cannot_start_is_logged_and_later_submits_retry(
+    monkeypatch: pytest.MonkeyPatch, log: pytest.LogCaptureFixture
+) -> None:
+    runner = ThreadRunner(max_workers=2, on_full="block", drain_timeout=5, name="nothreads")
+    real_start = threading.Thread.start
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    ran: list[str] = []
+    runner.submit(lambda: ran.append(threading.current_thread().name))  # must not hang
+    assert ran == [threading.current_thread().name]  # run in the submitting thread
+    assert [r.getMessage() for r in log.records if r.levelname == "ERROR"] == [
+        "'nothreads' could not start a worker thread (can't start new thread); its tasks"
+        " run in the submitting threads until one starts."
+    ]
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    done = threading.Event()
+    runner.submit(done.set)  # tries again
+    assert done.wait(5)
+    assert runner.wait_idle(5)
+    assert runner.shutdown(5) is True  # no "cannot join thread before it is started"
+
+
+def test_a_worker_never_blocks_on_its_own_full_queue(log: pytest.LogCaptureFixture) -> None:
+    runner = ThreadRunner(max_workers=1, max_pending=1, on_full="block", drain_timeout=5)
+    ran: list[str] = []
+    queued = threading.Event()
+
+    def inner() -> None:
+        ran.append("inner")
+
+    def outer() -> None:
+        runner.submit(lambda: ran.append("filler"))  # fills the queue
+        queued.set()
+        runner.submit(inner)  # full, and only this worker could empty it
+
+    runner.submit(outer)
+    assert queued.wait(5)
+    assert runner.wait_idle(5)  # no deadlock
+    assert ran == ["inner", "filler"]
+    assert [r.getMessage() for r in log.records if r.levelname == "WARNING"] == [
+        "A callback on 'wsgi-after' queued a request while its queue was full; its callbacks"
+        " run in that worker instead of waiting for room, which would wait for itself"
+        " (logged once)."
+    ]
+    runner.shutdown(5)
+
+
+@pytest.mark.parametrize("method", ["wait_idle", "shutdown"])
+def test_waiting_on_the_runner_from_its_own_callback_raises(method: str) -> None:
+    runner = ThreadRunner(max_workers=1, drain_timeout=5)
+    errors: list[BaseException] = []
+
+    def waits() -> None:
+        try:
+            getattr(runner, method)()
+        except RuntimeError as e:
+            errors.append(e)
+
+    runner.submit(waits)
+    assert runner.wait_idle(5)
+    assert [str(e) for e in errors] == [
+        f"'{method}()' was called from a callback running on 'wsgi-after', and would wait"
+        " for that callback itself. Call it from outside the runner's callbacks (a test, a"
+        " shutdown hook)."
+    ]
+    runner.shutdown(5)
+
+
+def test_timeouts_take_inf_and_refuse_nan() -> None:
+    runner = ThreadRunner(drain_timeout=float("inf"))
+    assert runner.wait_idle(timeout=float("inf")) is True
+    runner.submit(lambda: None)
+    assert runner.shutdown() is True  # inf: waits without limit (no OverflowError)
+    with pytest.raises(ValueError, match="'drain_timeout' must be a number of seconds"):
+        ThreadRunner(drain_timeout=float("nan"))
+    with pytest.raises(ValueError, match="'timeout' must be a number of seconds"):
+        runner.wait_idle(timeout=float("nan"))
+    with pytest.raises(ValueError, match="'timeout' must be a number of seconds"):
+        runner.shutdown(timeout=-1)
+
+
+def test_shutdown_logs_lost_callbacks_aggregated(log: pytest.LogCaptureFixture) -> None:
+    runner, _, release = blocked_runner("block", max_pending=200)
+    for _ in range(200):
+        runner.submit(quick_task)
+    assert runner.shutdown(timeout=0.05) is False
+    release.set()
+    errors = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    named = [e for e in errors if e.startswith("Callback 'tests.test_runner.quick_task'")]
+    summary = [e for e in errors if "more callbacks were not run" in e]
+    assert len(named) == 5  # the first few by name...
+    assert len(summary) == 1  # ...then one line of counts
+    assert summary[0].startswith("195 more callbacks were not run in the last 10.0 s:")
+    assert "'tests.test_runner.quick_task' x195" in summary[0]
+    assert runner.stats().dropped == 200
+
+
+def quick_task() -> None:
+    pass
+
+
+def test_blocked_submitters_are_woken_when_room_appears() -> None:
+    # No polling: a worker taking a task wakes a blocked submitter at once.
+    runner, _, release = blocked_runner("block", max_pending=1)
+    runner.submit(quick_task)  # fills the queue
+    returned = threading.Event()
+
+    def submit_then_tell() -> None:
+        runner.submit(quick_task)
+        returned.set()
+
+    threading.Thread(target=submit_then_tell).start()
+    deadline = time.monotonic() + 5
+    while runner._blocked == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert runner._blocked == 1
+    release.set()
+    assert returned.wait(0.5)  # well under the 1 s polling period of old
+    assert runner.wait_idle(5)
+    runner.shutdown(5)
+
+
+def test_threads_end_when_the_runner_is_freed() -> None:
+    import gc
+
+    runner = ThreadRunner(max_workers=2, name="freed")
+    runner.start()
+    threads = [th for th in threading.enumerate() if th.name.startswith("freed-")]
+    assert len(threads) == 2
+    del runner
+    gc.collect()
+    for thread in threads:
+        thread.join(5)
+    assert not any(th.is_alive() for th in threads)
+
+
+def test_idle_threads_end_and_come_back() -> None:
+    runner = ThreadRunner(max_workers=2, idle_timeout=0.05, name="idle")
+    runner.start()
+    threads = [th for th in threading.enumerate() if th.name.startswith("idle-")]
+    for thread in threads:
+        thread.join(5)
+    assert not any(th.is_alive() for th in threads)
+    done = threading.Event()
+    runner.submit(done.set)
+    assert done.wait(5)
+    assert runner.wait_idle(5)
+    assert runner.stats().completed == 1
+    runner.shutdown(5)

@@ -29,10 +29,11 @@ import contextvars
 import inspect
 import logging
 import threading
+import time
 import typing as t
 from types import CoroutineType
 
-from . import lifecycle
+from . import events, lifecycle
 from ._response import ClosingResponse, SizedMixin
 from .losslog import LossLog
 from .naming import callback_name, describe_request, method_and_path
@@ -116,6 +117,7 @@ class Chain(ClosingResponse):
     __slots__ = (
         "_start_response",
         "callbacks",
+        "closed_at",
         "environ",
         "max_callbacks",
         "notes",
@@ -163,6 +165,9 @@ class Chain(ClosingResponse):
         #: The :data:`CURRENT` token to reset when the response closes.
         self.token: contextvars.Token[Chain | None] | None = None
         self.max_callbacks = max_callbacks
+        #: ``time.monotonic()`` at close, for the events' queue delay (only while
+        #: someone listens).
+        self.closed_at = 0.0
         #: Bit flags: what was already logged once for this chain, and whether a
         #: callback's scope is being torn down.
         self.notes = 0
@@ -217,6 +222,9 @@ class Chain(ClosingResponse):
         generation = lifecycle.generation
         callbacks = self.callbacks
         scope = self.scope
+        observed = bool(events.listeners)
+        if observed:
+            method, path = self.method_and_path()
         interrupt: BaseException | None = None
         ok = True
         i = 0
@@ -226,7 +234,9 @@ class Chain(ClosingResponse):
                 func, args, kwargs, ctx = callbacks[i]  # type: ignore[misc]
                 self.notes &= ~_TEARDOWN
                 try:
-                    if scope is None:
+                    if observed:
+                        ctx.run(_call_observed, self, scope, func, args, kwargs, method, path)
+                    elif scope is None:
                         ctx.run(_call, func, args, kwargs)
                     else:  # entered inside the snapshot, so what it sets is what func sees
                         ctx.run(_call_in_scope, self, scope, func, args, kwargs)
@@ -292,6 +302,8 @@ class Chain(ClosingResponse):
             # (uWSGI's default): callbacks see a snapshot of their own request.
             self.environ = dict(environ)
         self._start_response = None
+        if events.listeners:
+            self.closed_at = time.monotonic()
         runner = _forced_runner or self.runner
         try:
             result = runner.submit(self)
@@ -314,7 +326,10 @@ class Chain(ClosingResponse):
 
     def __del__(self) -> None:
         if self.state == OPEN and self.callbacks:
-            _never_closed.record(self.callback_names(), self.describe())
+            names = self.callback_names()
+            _never_closed.record(names, self.describe())
+            if events.listeners:
+                events.emit_each("never_closed", names, *self.method_and_path())
             self.discard()
 
 
@@ -386,6 +401,34 @@ def _call_in_scope(
             _call(func, args, kwargs)
         finally:
             chain.notes |= _TEARDOWN
+
+
+def _call_observed(
+    chain: Chain,
+    scope: t.Callable[[], t.ContextManager[object]] | None,
+    func: t.Any,
+    args: tuple[t.Any, ...],
+    kwargs: dict[str, t.Any],
+    method: str,
+    path: str,
+) -> None:
+    """:func:`_call` (in ``scope`` when given) between "started" and "finished" or
+    "failed" events, emitted inside the callback's context."""
+    name = callback_name(func)
+    delay = time.monotonic() - chain.closed_at if chain.closed_at else None
+    events.emit(events.CallbackEvent("started", name, method, path, delay))
+    started = time.perf_counter()
+    try:
+        if scope is None:
+            _call(func, args, kwargs)
+        else:
+            _call_in_scope(chain, scope, func, args, kwargs)
+    except BaseException as e:
+        run_time = time.perf_counter() - started
+        events.emit(events.CallbackEvent("failed", name, method, path, delay, run_time, e))
+        raise
+    run_time = time.perf_counter() - started
+    events.emit(events.CallbackEvent("finished", name, method, path, delay, run_time))
 
 
 def current_chain() -> Chain | None:
@@ -489,9 +532,14 @@ def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
                     refused = _WARNED_CAP
                 else:
                     chain.callbacks.append(entry)
-                    return func if type(func) is not CoroutineType else None
+                    refused = -1
             else:
                 refused = 0
+        if refused == -1:
+            if events.listeners:
+                name = callback_name(func)
+                events.emit(events.CallbackEvent("queued", name, *chain.method_and_path()))
+            return func if type(func) is not CoroutineType else None
         if refused == 0:
             raise OutsideRequestError(
                 f"'after()' was called for '{chain.describe()}' after its response was"

@@ -67,6 +67,12 @@ def register(runner: Drainable) -> None:
     _registry.add(runner)
 
 
+def unregister(runner: Drainable) -> None:
+    """Take ``runner`` out of the registry (a runner owned by another one, which
+    drains it itself)."""
+    _registry.discard(runner)
+
+
 def runners() -> list[Drainable]:
     """The registered runners that are still alive."""
     return list(_registry)

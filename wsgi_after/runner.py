@@ -32,10 +32,11 @@ import queue
 import sys
 import threading
 import time
+import traceback
 import typing as t
 import weakref
 
-from . import lifecycle
+from . import events, lifecycle
 from .losslog import LossLog
 from .naming import callback_name
 
@@ -103,6 +104,8 @@ class RunnerStats:
     dropped: int
     #: The longest time, in seconds, a task waited in the queue.
     max_queue_delay: float
+    #: Callbacks seen running longer than ``slow_callback`` (each counted once).
+    hung: int = 0
 
 
 def describe_task(task: object) -> tuple[str, list[str]]:
@@ -113,6 +116,22 @@ def describe_task(task: object) -> tuple[str, list[str]]:
         describe() if describe is not None else "?",
         names() if names is not None else [callback_name(task)],
     )
+
+
+def record_loss(log: LossLog, kind: events.Kind, task: object) -> None:
+    """Log a task's callbacks as not run (aggregated), emit their events, forget it."""
+    request, names = describe_task(task)
+    log.record(names, request)
+    if events.listeners:
+        method, _, path = request.partition(" ")
+        events.emit_each(kind, names, method, path)
+    _discard(task)
+
+
+def thread_stack(ident: int) -> str:
+    """The current stack of the thread ``ident``, formatted (empty if it is gone)."""
+    frame = sys._current_frames().get(ident)
+    return "".join(traceback.format_stack(frame)) if frame is not None else ""
 
 
 def _discard(task: object) -> None:
@@ -230,6 +249,40 @@ def _work(
         del runner
 
 
+def _watch(ref: weakref.ref[ThreadRunner], slow: float, generation: int) -> None:
+    """A runner's watchdog: reports each callback that runs longer than ``slow``.
+
+    It samples the workers every ``slow / 4`` seconds (at most 1 s), so a report
+    comes at most that much late; the callbacks' hot path pays nothing for it.
+    """
+    period = min(1.0, slow / 4)
+    seen: dict[_Worker, tuple[int, int, float, bool]] = {}  # task id, index, since, reported
+    while lifecycle.generation == generation:
+        time.sleep(period)
+        runner = ref()
+        if runner is None or runner._shutdown:
+            return
+        now = time.monotonic()
+        task: object = None
+        with runner._lock:
+            workers = list(runner._threads)
+        for worker in workers:
+            task = worker.current
+            if task is None:
+                seen.pop(worker, None)
+                continue
+            key = (id(task), getattr(task, "started", 0))
+            entry = seen.get(worker)
+            if entry is None or entry[:2] != key:
+                seen[worker] = (*key, now, False)
+            elif not entry[3] and now - entry[2] >= slow:
+                seen[worker] = (*key, entry[2], True)
+                runner._report_slow(worker, task, now - entry[2])
+        for worker in set(seen) - set(workers):
+            del seen[worker]
+        runner = task = None  # hold the runner only while sampling
+
+
 def _wake(
     tasks: queue.SimpleQueue[tuple[t.Callable[[], object], float] | None],
     count: int,
@@ -304,6 +357,10 @@ class ThreadRunner:
     :param idle_timeout: seconds a worker thread waits for work before it ends
         (``inf``: never). 60 s keeps threads through pauses between bursts and
         frees them in processes that stopped using the runner.
+    :param slow_callback: seconds after which a running callback is logged
+        once at WARNING with its name, request and stack, and counted in
+        ``stats().hung`` (threads cannot be killed, but they can be seen). Off
+        (None) by default: it costs a watchdog thread.
     :param name: prefix of the worker threads' names.
     :raises ValueError: if an option is out of range.
     """
@@ -316,6 +373,7 @@ class ThreadRunner:
         on_full: t.Literal["block", "run", "drop"] = "block",
         drain_timeout: float = 25.0,
         idle_timeout: float = 60.0,
+        slow_callback: float | None = None,
         name: str = "wsgi-after",
     ) -> None:
         if max_workers is None:
@@ -329,6 +387,12 @@ class ThreadRunner:
         self.on_full = on_full
         self.drain_timeout = float(drain_timeout)
         self.idle_timeout = idle
+        slow = lifecycle.check_timeout(slow_callback, "slow_callback")
+        if slow == 0:
+            raise ValueError(
+                f"'slow_callback' must be more than 0 seconds (None: off), got {slow_callback!r}."
+            )
+        self.slow_callback = slow
         self.name = name
         self._drops = LossLog(f"the queue is full (max_pending={max_pending}).")
         self._lost = LossLog(f"{name!r} shut down before its turn.")
@@ -360,6 +424,8 @@ class ThreadRunner:
         self._exiting = False
         self._start_error_at = -math.inf  # when a thread last failed to start
         self._warned_reentry = False
+        self._hung = 0  # callbacks reported slow
+        self._watchdog: threading.Thread | None = None
         self._drops.reset()
         self._lost.reset()
 
@@ -402,9 +468,7 @@ class ThreadRunner:
         elif self.on_full == "drop":
             with self._lock:
                 self._dropped += 1
-            request, names = describe_task(fn)
-            self._drops.record(names, request)
-            _discard(fn)
+            record_loss(self._drops, "dropped", fn)
         elif self._in_worker():
             if not self._warned_reentry:
                 self._warned_reentry = True
@@ -481,7 +545,41 @@ class ThreadRunner:
         self._threads[worker] = thread
         self._live += 1
         self._spawned += 1
+        if self.slow_callback is not None and self._watchdog is None:
+            self._start_watchdog(self.slow_callback)
         return True
+
+    def _start_watchdog(self, slow: float) -> None:
+        watchdog = threading.Thread(
+            target=_watch,
+            args=(self._ref, slow, lifecycle.generation),
+            name=f"{self.name}-watchdog",
+            daemon=True,
+        )
+        try:
+            watchdog.start()
+        except RuntimeError:
+            return  # no thread to be had: try again with the next worker
+        self._watchdog = watchdog
+
+    def _report_slow(self, worker: _Worker, task: object, running_for: float) -> None:
+        request, names = describe_task(task)
+        name = names[0] if names else "?"
+        with self._lock:
+            self._hung += 1
+        logger.warning(
+            "Callback '%s' queued by '%s' has been running for %.1f s on '%s'"
+            " (slow_callback=%.1f s). Its thread's stack:\n%s",
+            name,
+            request,
+            running_for,
+            self.name,
+            self.slow_callback,
+            thread_stack(worker.ident),
+        )
+        if events.listeners:
+            method, _, path = request.partition(" ")
+            events.emit(events.CallbackEvent("slow", name, method, path, run_time=running_for))
 
     def _retire(self, worker: _Worker, *, idle: bool) -> bool:
         """A worker thread is about to end: fold its counters in. False keeps it
@@ -540,6 +638,7 @@ class ThreadRunner:
             unfinished = self._unfinished()
             workers = self._workers()
             dropped = self._dropped + self._lost_count
+            hung = self._hung
         return RunnerStats(
             queued=min(queued, unfinished),
             running=max(0, unfinished - queued),
@@ -547,6 +646,7 @@ class ThreadRunner:
             failed=sum(w.failed for w in workers),
             dropped=dropped,
             max_queue_delay=max(w.max_delay for w in workers),
+            hung=hung,
         )
 
     def shutdown(self, timeout: float | None = None) -> bool:
@@ -611,20 +711,19 @@ class ThreadRunner:
             if item is not None:
                 lost.append(item[0])
         for fn in lost:
-            request, names = describe_task(fn)
-            self._lost.record(names, request)
-            _discard(fn)
+            record_loss(self._lost, "lost", fn)
         with self._lock:
             self._lost_count += len(lost)
-            running = [w.current for w in self._threads if w.current is not None]
-        for fn in running:
+            running = [(w.current, w.ident) for w in self._threads if w.current is not None]
+        for fn, ident in running:
             request, names = describe_task(fn)
             logger.error(
                 "Callbacks %s queued by '%s' were still running when '%s' shut down;"
-                " they are cut off at exit.",
+                " they are cut off at exit. The thread's stack:\n%s",
                 names,
                 request,
                 self.name,
+                thread_stack(ident),
             )
         self._lost.close()
         self._drops.close()
