@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import signal
 import subprocess
@@ -150,7 +151,7 @@ def test_wsgi_after_imports_where_os_has_no_register_at_fork() -> None:
     done = run_program(
         """
         import os
-        del os.register_at_fork  # as on Windows
+        del os.fork, os.register_at_fork  # as on Windows (the stdlib checks for fork)
         import wsgi_after
         print("imported")
         """
@@ -160,7 +161,7 @@ def test_wsgi_after_imports_where_os_has_no_register_at_fork() -> None:
 
 
 SIGTERM_TWICE = """
-import logging, os, signal, sys, threading, time
+import atexit, logging, sys, threading, time
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
 from wsgi_after import ThreadRunner, exit_on_sigterm
 
@@ -170,34 +171,51 @@ started = threading.Event()
 
 def slow():
     started.set()
-    time.sleep(1.5)
+    sys.stdin.readline()  # until the test saw the second SIGTERM logged
     sys.stdout.write("slow callback finished\\n")
 
 runner.submit(slow)
 started.wait(10)
+atexit.register(print, "exiting", flush=True)  # runs before the runners' drain (LIFO)
 print("ready", flush=True)
-while True:
-    time.sleep(0.05)
+time.sleep(60)
 """
 
 
 def test_a_second_sigterm_does_not_cut_the_drain_short() -> None:
+    # Each SIGTERM is sent once the previous step was seen: two signals sent back to
+    # back may reach the process as one.
     process = subprocess.Popen(
         [sys.executable, "-c", SIGTERM_TWICE],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         assert process.stdout is not None
+        assert process.stdin is not None
         assert process.stdout.readline().strip() == "ready"
         process.send_signal(signal.SIGTERM)
+        assert process.stdout.readline().strip() == "exiting"  # the drain begins
         process.send_signal(signal.SIGTERM)  # a supervisor repeating itself
+        seen = []
+        for line in process.stdout:  # ends at the warning, or at exit (drain_timeout)
+            seen.append(line)
+            if "SIGTERM received again" in line:
+                break
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.write("go\n")
+            process.stdin.flush()
         out, err = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(10)
-    assert "slow callback finished" in out, out + err
-    assert "SIGTERM received again while exiting; the drain goes on" in out
+    assert seen[-1:] == [
+        "WARNING SIGTERM received again while exiting; the drain goes on (at most the"
+        " runners' drain_timeout). Send SIGKILL to stop at once.\n"
+    ], seen
+    assert "slow callback finished" in out, "".join(seen) + out + err
+    assert process.returncode == 128 + signal.SIGTERM
     assert "Traceback" not in err
