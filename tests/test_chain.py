@@ -9,12 +9,11 @@ import inspect
 import logging
 import sys
 import threading
-import time
 import typing as t
 
 import pytest
 
-from tests.helpers import call, make_environ, serve
+from tests.helpers import TIMEOUT, call, make_environ, serve
 from wsgi_after import (
     AfterMiddleware,
     InlineRunner,
@@ -110,7 +109,7 @@ def test_callbacks_run_in_order_in_one_task(runner: ThreadRunner) -> None:
 
 
 def test_requests_run_concurrently(runner: ThreadRunner) -> None:
-    barrier = threading.Barrier(2, timeout=5)
+    barrier = threading.Barrier(2, timeout=TIMEOUT)
     passed: list[bool] = []
 
     def meet() -> None:
@@ -367,7 +366,7 @@ def test_after_from_a_thread_with_the_requests_context_lands_or_raises() -> None
     outcomes: list[str] = []
     for i in range(rounds):
         ran: list[int] = []
-        ready = threading.Barrier(2, timeout=5)
+        ready = threading.Barrier(2, timeout=TIMEOUT)
         result: list[str] = []
 
         def racer(
@@ -384,23 +383,30 @@ def test_after_from_a_thread_with_the_requests_context_lands_or_raises() -> None
             else:
                 result.append("accepted")
 
-        def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        threads: list[threading.Thread] = []
+
+        def app(
+            environ: WSGIEnvironment,
+            start_response: StartResponse,
+            threads: list[threading.Thread] = threads,
+            racer: t.Callable[[], None] = racer,
+        ) -> list[bytes]:
             ctx = contextvars.copy_context()
-            threading.Thread(target=ctx.run, args=(racer,)).start()
+            threads.append(threading.Thread(target=ctx.run, args=(racer,)))
+            threads[0].start()
             start_response("200 OK", [])
             return [b"ok"]
 
         iterable = call(AfterMiddleware(app, runner=runner))
         ready.wait()
         iterable.close()
-        deadline = time.monotonic() + 5
-        while not result and time.monotonic() < deadline:
-            time.sleep(0.001)
+        threads[0].join(TIMEOUT)
         assert result, "the racing thread did not finish"
         # accepted means it ran (inline, in close()); refused means it did not.
         assert ran == ([i] if result == ["accepted"] else []), (result, ran)
         outcomes.append(result[0])
     assert set(outcomes) <= {"accepted", "refused"}
+    assert len(outcomes) == rounds
 
 
 def test_after_once_the_response_closed_says_so(runner: ThreadRunner) -> None:

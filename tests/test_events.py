@@ -10,7 +10,7 @@ import typing as t
 
 import pytest
 
-from tests.helpers import call, serve
+from tests.helpers import TIMEOUT, call, serve, wait_for
 from wsgi_after import AfterMiddleware, InlineRunner, ThreadRunner, after, events
 
 if t.TYPE_CHECKING:
@@ -62,11 +62,54 @@ def test_a_callbacks_life_in_events(seen: list[tuple[events.CallbackEvent, str]]
     # Started and after: inside the callback's context, so the request's trace is there.
     assert [ctx for e, ctx in seen if e.kind != "queued"] == ["trace-1"] * 4
     failed = seen[-1][0]
-    assert isinstance(failed.error, ValueError)
-    assert failed.run_time is not None
-    assert failed.run_time >= 0
-    assert failed.queue_delay is not None
-    assert failed.queue_delay >= 0
+    assert type(failed.error) is ValueError
+    assert str(failed.error) == "broken"
+    assert [e.error for e, _ in seen[:-1]] == [None] * 5
+    # Measured once the response closed and around each call; none before.
+    assert [(e.queue_delay is None, e.run_time is None) for e, _ in seen] == [
+        (True, True),
+        (True, True),
+        (False, True),
+        (False, False),
+        (False, True),
+        (False, False),
+    ]
+
+
+def test_events_measure_the_queue_delay_and_the_run_time(
+    seen: list[tuple[events.CallbackEvent, str]],
+) -> None:
+    # The delays are real ones the test makes; sleeping is the work being measured.
+    busy, release = threading.Event(), threading.Event()
+    runner = ThreadRunner(max_workers=1, drain_timeout=TIMEOUT)
+
+    def hold() -> None:
+        busy.set()
+        release.wait(TIMEOUT)
+
+    def slow() -> None:
+        time.sleep(0.2)
+
+    def view(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(slow)
+        start_response("200 OK", [])
+        return [b""]
+
+    runner.submit(hold)
+    assert busy.wait(TIMEOUT)
+    closed = time.monotonic()
+    serve(AfterMiddleware(view, runner=runner))  # queued behind hold()
+    time.sleep(0.3)
+    release.set()
+    assert runner.wait_idle(TIMEOUT)
+    total = time.monotonic() - closed
+    started, finished = (e for e, _ in seen if e.kind in ("started", "finished"))
+    assert started.queue_delay is not None
+    assert 0.3 <= started.queue_delay <= total
+    assert finished.queue_delay == started.queue_delay
+    assert finished.run_time is not None
+    assert 0.2 <= finished.run_time <= total - started.queue_delay
+    runner.shutdown(TIMEOUT)
 
 
 def test_dropped_and_lost_callbacks_are_events(
@@ -150,9 +193,7 @@ def test_a_slow_callback_is_logged_once_with_its_stack(log: pytest.LogCaptureFix
         return [b""]
 
     serve(AfterMiddleware(view, runner=runner), "/stuck")
-    deadline = time.monotonic() + 10
-    while runner.stats().hung == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: runner.stats().hung, what="the slow callback's report")
     release.set()
     assert runner.wait_idle(5)
     warnings = [r.getMessage() for r in log.records if r.levelname == "WARNING"]
