@@ -101,7 +101,7 @@ def test_callbacks_run_in_order_in_one_task(runner: ThreadRunner) -> None:
             after(record, i)
 
     serve(AfterMiddleware(text_app(view), runner=CountingRunner()))
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     assert [i for _, i in ran] == [0, 1, 2, 3, 4]
     assert len(submitted) == 1
     assert len({name for name, _ in ran}) == 1
@@ -119,7 +119,7 @@ def test_requests_run_concurrently(runner: ThreadRunner) -> None:
     app = AfterMiddleware(text_app(lambda environ: after(meet)), runner=runner)
     serve(app)
     serve(app)
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     assert passed == [True, True]
 
 
@@ -166,7 +166,7 @@ def test_failing_callback_is_logged_by_name_and_the_rest_run(
 
     response = serve(AfterMiddleware(text_app(view), runner=runner), "/orders/7", "POST")
     assert response.body == b"ok"
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     assert ran == ["first", "last"]
     [record] = [r for r in log.records if r.levelname == "ERROR"]
     assert record.name == "wsgi_after"
@@ -256,7 +256,7 @@ def test_contextvars_snapshot_flows_in_and_changes_do_not_leak(runner: ThreadRun
     app = AfterMiddleware(text_app(view), runner=runner)
     for i in range(20):
         serve(app, f"/r{i}")
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     assert len(seen) == 40
     assert all(expected == got for expected, got in seen)
 
@@ -322,7 +322,7 @@ def test_a_base_exception_in_a_callback_is_logged_by_name_and_the_rest_run(
         after(ran.append, "last")
 
     serve(AfterMiddleware(text_app(view), runner=runner), "/pay", "POST")
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     assert ran == ["first", "last"]
     [record] = [r for r in log.records if r.levelname == "ERROR"]
     assert record.getMessage() == (
@@ -607,8 +607,67 @@ def test_a_forged_path_cannot_forge_a_log_line(
 
     path = "/caf\xc3\xa9\r\n2026-01-01 ERROR forged"  # WSGI's latin-1 form of UTF-8 bytes
     serve(AfterMiddleware(text_app(view), runner=runner), path)
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     [message] = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
     assert "\n" not in message
     assert "\r" not in message
     assert "'GET /café\\r\\n2026-01-01 ERROR forged'" in message
+
+
+def test_after_is_refused_while_the_chain_waits_in_the_queue() -> None:
+    # Between close() and the worker taking it the chain is QUEUED: an after() then
+    # (from a thread holding the request's context) must raise, never be accepted
+    # into a chain whose callbacks may already be running elsewhere.
+    busy, release = threading.Event(), threading.Event()
+    runner = ThreadRunner(max_workers=1, drain_timeout=TIMEOUT)
+    runner.submit(lambda: hold(busy, release))
+    assert busy.wait(TIMEOUT)
+    kept: list[contextvars.Context] = []
+    ran: list[str] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(ran.append, "queued")
+        kept.append(contextvars.copy_context())
+
+    serve(AfterMiddleware(text_app(view), runner=runner), "/queued")
+    assert runner.stats().queued == 1
+    with pytest.raises(OutsideRequestError) as info:
+        kept[0].run(after, ran.append, "late")
+    assert str(info.value).startswith(
+        "'after()' was called for 'GET /queued' after its response was closed"
+    )
+    release.set()
+    assert runner.wait_idle(TIMEOUT)
+    assert ran == ["queued"]
+    runner.shutdown(TIMEOUT)
+
+
+def test_a_dropped_chains_coroutines_are_closed() -> None:
+    # Dropped (queue full): the coroutine objects never run, and are closed at once,
+    # so that no "coroutine was never awaited" warning comes later.
+    busy, release = threading.Event(), threading.Event()
+    runner = ThreadRunner(max_workers=1, max_pending=1, on_full="drop", drain_timeout=TIMEOUT)
+    runner.submit(lambda: hold(busy, release))
+    assert busy.wait(TIMEOUT)
+    runner.submit(lambda: None)  # fills the queue
+    coros: list[t.Coroutine[t.Any, t.Any, None]] = []
+
+    async def job() -> None:
+        pass
+
+    def view(environ: WSGIEnvironment) -> None:
+        coros.append(job())
+        after(coros[0])
+
+    serve(AfterMiddleware(text_app(view), runner=runner), "/dropped")
+    assert runner.stats().dropped == 1
+    assert inspect.getcoroutinestate(coros[0]) == "CORO_CLOSED"
+    release.set()
+    assert runner.wait_idle(TIMEOUT)
+    runner.shutdown(TIMEOUT)
+
+
+def hold(busy: threading.Event, release: threading.Event) -> None:
+    """Keep a runner's worker busy until ``release`` is set."""
+    busy.set()
+    release.wait(TIMEOUT)

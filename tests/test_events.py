@@ -123,7 +123,7 @@ def test_dropped_and_lost_callbacks_are_events(
         release.wait(10)
 
     runner.submit(hold)
-    assert busy.wait(5)
+    assert busy.wait(TIMEOUT)
 
     def two(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
         after(ok)
@@ -195,7 +195,7 @@ def test_a_slow_callback_is_logged_once_with_its_stack(log: pytest.LogCaptureFix
     serve(AfterMiddleware(view, runner=runner), "/stuck")
     wait_for(lambda: runner.stats().hung, what="the slow callback's report")
     release.set()
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     warnings = [r.getMessage() for r in log.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert warnings[0].startswith(
@@ -204,4 +204,4 @@ def test_a_slow_callback_is_logged_once_with_its_stack(log: pytest.LogCaptureFix
     )
     assert "release.wait(10)" in warnings[0]  # the stack shows where it is stuck
     assert runner.stats().hung == 1
-    runner.shutdown(5)
+    runner.shutdown(TIMEOUT)

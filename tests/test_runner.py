@@ -53,7 +53,7 @@ def test_submit_runs_on_named_worker_threads(runner: ThreadRunner) -> None:
         done.set()
 
     runner.submit(record)
-    assert done.wait(5)
+    assert done.wait(TIMEOUT)
     assert names[0].startswith("test-runner-")
 
 
@@ -61,7 +61,7 @@ def test_threads_start_when_tasks_need_them() -> None:
     runner = ThreadRunner(max_workers=3, name="lazy")
     assert not [th for th in threading.enumerate() if th.name.startswith("lazy-")]
     runner.submit(lambda: None)
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     assert [th.name for th in threading.enumerate() if th.name.startswith("lazy-")] == ["lazy-0"]
     runner.start()
     assert sorted(th.name for th in threading.enumerate() if th.name.startswith("lazy-")) == [
@@ -69,7 +69,7 @@ def test_threads_start_when_tasks_need_them() -> None:
         "lazy-1",
         "lazy-2",
     ]
-    runner.shutdown(5)
+    runner.shutdown(TIMEOUT)
 
 
 def test_stats_count_completed_failed_and_delay(runner: ThreadRunner) -> None:
@@ -80,7 +80,7 @@ def test_stats_count_completed_failed_and_delay(runner: ThreadRunner) -> None:
         raise ValueError("task")
 
     runner.submit(raises)
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     stats = runner.stats()
     assert (stats.queued, stats.running, stats.completed, stats.failed, stats.dropped) == (
         0,
@@ -131,8 +131,8 @@ def test_wait_idle_times_out_while_busy() -> None:
     assert runner.wait_idle(0.05) is False
     assert runner.stats().running == 1
     release.set()
-    assert runner.wait_idle(5) is True
-    runner.shutdown(5)
+    assert runner.wait_idle(TIMEOUT) is True
+    runner.shutdown(TIMEOUT)
 
 
 def test_queue_full_block_waits_for_room() -> None:
@@ -154,7 +154,7 @@ def test_queue_full_block_waits_for_room() -> None:
     thread.join(TIMEOUT)
     assert runner.wait_idle(TIMEOUT)
     assert runner.stats().completed == 3
-    runner.shutdown(5)
+    runner.shutdown(TIMEOUT)
 
 
 def test_queue_full_run_runs_inline() -> None:
@@ -164,8 +164,8 @@ def test_queue_full_run_runs_inline() -> None:
     runner.submit(lambda: ran_in.append(threading.current_thread().name))
     assert ran_in == [threading.current_thread().name]
     release.set()
-    assert runner.wait_idle(5)
-    runner.shutdown(5)
+    assert runner.wait_idle(TIMEOUT)
+    runner.shutdown(TIMEOUT)
 
 
 def test_queue_full_drop_logs_every_callback_by_name(log: pytest.LogCaptureFixture) -> None:
@@ -191,8 +191,8 @@ def test_queue_full_drop_logs_every_callback_by_name(log: pytest.LogCaptureFixtu
     )
     assert runner.stats().dropped == 1
     release.set()
-    assert runner.wait_idle(5)
-    runner.shutdown(5)
+    assert runner.wait_idle(TIMEOUT)
+    runner.shutdown(TIMEOUT)
 
 
 def notify_customer(n: int) -> None:
@@ -276,7 +276,7 @@ def test_inline_runner_runs_at_once_and_logs_failures(log: pytest.LogCaptureFixt
 def test_runner_used_before_fork_works_in_the_child() -> None:
     runner = ThreadRunner(max_workers=2, name="forked")
     runner.submit(lambda: None)
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its threads are gone, the runner must start new ones
@@ -294,7 +294,7 @@ def test_runner_used_before_fork_works_in_the_child() -> None:
     os.waitpid(pid, 0)
     # A new thread, named from 0 again: the child does not count the parent's.
     assert report == "True forked-0"
-    runner.shutdown(5)
+    runner.shutdown(TIMEOUT)
 
 
 EXITING_PROGRAM = r"""
@@ -374,9 +374,9 @@ def test_a_thread_that_cannot_start_is_logged_and_later_submits_retry(
     monkeypatch.setattr(threading.Thread, "start", real_start)
     done = threading.Event()
     runner.submit(done.set)  # tries again
-    assert done.wait(5)
-    assert runner.wait_idle(5)
-    assert runner.shutdown(5) is True  # no "cannot join thread before it is started"
+    assert done.wait(TIMEOUT)
+    assert runner.wait_idle(TIMEOUT)
+    assert runner.shutdown(TIMEOUT) is True  # no "cannot join thread before it is started"
 
 
 def test_a_worker_never_blocks_on_its_own_full_queue(log: pytest.LogCaptureFixture) -> None:
@@ -393,15 +393,15 @@ def test_a_worker_never_blocks_on_its_own_full_queue(log: pytest.LogCaptureFixtu
         runner.submit(inner)  # full, and only this worker could empty it
 
     runner.submit(outer)
-    assert queued.wait(5)
-    assert runner.wait_idle(5)  # no deadlock
+    assert queued.wait(TIMEOUT)
+    assert runner.wait_idle(TIMEOUT)  # no deadlock
     assert ran == ["inner", "filler"]
     assert [r.getMessage() for r in log.records if r.levelname == "WARNING"] == [
         "A callback on 'wsgi-after' queued a request while its queue was full; its callbacks"
         " run in that worker instead of waiting for room, which would wait for itself"
         " (logged once)."
     ]
-    runner.shutdown(5)
+    runner.shutdown(TIMEOUT)
 
 
 @pytest.mark.parametrize("method", ["wait_idle", "shutdown"])
@@ -416,13 +416,13 @@ def test_waiting_on_the_runner_from_its_own_callback_raises(method: str) -> None
             errors.append(e)
 
     runner.submit(waits)
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     assert [str(e) for e in errors] == [
         f"'{method}()' was called from a callback running on 'wsgi-after', and would wait"
         " for that callback itself. Call it from outside the runner's callbacks (a test, a"
         " shutdown hook)."
     ]
-    runner.shutdown(5)
+    runner.shutdown(TIMEOUT)
 
 
 def test_timeouts_take_inf_and_refuse_nan() -> None:
@@ -488,7 +488,7 @@ def test_threads_end_when_the_runner_is_freed() -> None:
     del runner
     gc.collect()
     for thread in threads:
-        thread.join(5)
+        thread.join(TIMEOUT)
     assert not any(th.is_alive() for th in threads)
 
 
@@ -497,11 +497,11 @@ def test_idle_threads_end_and_come_back() -> None:
     runner.start()
     threads = [th for th in threading.enumerate() if th.name.startswith("idle-")]
     for thread in threads:
-        thread.join(5)
+        thread.join(TIMEOUT)
     assert not any(th.is_alive() for th in threads)
     done = threading.Event()
     runner.submit(done.set)
-    assert done.wait(5)
-    assert runner.wait_idle(5)
+    assert done.wait(TIMEOUT)
+    assert runner.wait_idle(TIMEOUT)
     assert runner.stats().completed == 1
-    runner.shutdown(5)
+    runner.shutdown(TIMEOUT)
