@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import inspect
@@ -671,3 +672,105 @@ def hold(busy: threading.Event, release: threading.Event) -> None:
     """Keep a runner's worker busy until ``release`` is set."""
     busy.set()
     release.wait(TIMEOUT)
+
+
+def test_each_refusal_inside_callbacks_is_logged_once_per_request(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    # Two callbacks, each refused past the cap and again from its scope's teardown:
+    # one ERROR and one DEBUG line for the request, not one per callback.
+    coros: list[t.Coroutine[t.Any, t.Any, None]] = []
+
+    async def job() -> None:
+        pass
+
+    @contextlib.contextmanager
+    def scope() -> t.Iterator[None]:
+        yield
+        after(print)  # from teardown: ignored
+
+    def over_the_cap() -> None:
+        coros.append(job())
+        after(coros[-1])  # refused: the coroutine is closed, never left pending
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        chain = current_chain()
+        assert chain is not None
+        chain.scope = scope
+        after(over_the_cap)
+        after(over_the_cap)
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(AfterMiddleware(app, runner=InlineRunner(), max_callbacks=2), "/cap")
+    assert [(r.levelname, r.getMessage()[:15]) for r in log.records] == [
+        ("ERROR", "Refused 'after("),
+        ("DEBUG", "Ignored 'after("),
+    ]
+    assert [inspect.getcoroutinestate(c) for c in coros] == ["CORO_CLOSED"] * 2
+
+
+def test_the_chain_is_current_in_its_callbacks_only_while_they_run() -> None:
+    kept: list[contextvars.Context] = []
+    seen: list[object] = []
+
+    def callback() -> None:
+        seen.append(current_chain())
+        kept.append(contextvars.copy_context())
+
+    def view(environ: WSGIEnvironment) -> None:
+        seen.append(current_chain())
+        after(callback)
+
+    serve(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    assert seen[0] is not None
+    assert seen == [seen[0], seen[0]]  # the request's chain, in the view and the callback
+    # Afterwards, in the same thread, with the callback's own context: nothing.
+    assert kept[0].run(current_chain) is None
+    assert kept[0].run(outcome) is None
+
+
+class FailingFutures:
+    """An executor-like runner whose futures report ``error`` (after running the task,
+    when ``run``)."""
+
+    def __init__(self, error: BaseException, run: bool = False) -> None:
+        self.error = error
+        self.run = run
+
+    def submit(self, fn: t.Callable[[], object]) -> concurrent.futures.Future[object]:
+        if self.run:
+            fn()
+        future: concurrent.futures.Future[object] = concurrent.futures.Future()
+        future.set_exception(self.error)
+        return future
+
+
+def test_an_error_a_future_reports_is_logged_with_it(log: pytest.LogCaptureFixture) -> None:
+    error = OSError("executor broke")
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(print, end="")
+
+    serve(AfterMiddleware(text_app(view), runner=FailingFutures(error)), "/f")
+    [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert record.getMessage() == (
+        "Callbacks ['builtins.print'] queued by 'GET /f': the executor reported an error."
+    )
+    assert record.exc_info is not None
+    assert record.exc_info[1] is error
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), SystemExit(1)], ids=["KI", "exit"])
+def test_an_interrupt_a_future_reports_is_not_logged_again(
+    error: BaseException, log: pytest.LogCaptureFixture
+) -> None:
+    # The chain logged the callback that raised it; the executor only passes it on.
+    ran: list[str] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(ran.append, "x")
+
+    serve(AfterMiddleware(text_app(view), runner=FailingFutures(error, run=True)))
+    assert ran == ["x"]
+    assert [r for r in log.records if r.levelname == "ERROR"] == []
