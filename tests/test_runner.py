@@ -15,6 +15,7 @@ import pytest
 from tests.helpers import TIMEOUT, serve, wait_for
 from wsgi_after import AfterMiddleware, InlineRunner, RunnerStats, ThreadRunner, after
 from wsgi_after.losslog import LossLog
+from wsgi_after.runner import run_task
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -505,3 +506,114 @@ def test_idle_threads_end_and_come_back() -> None:
     assert runner.wait_idle(TIMEOUT)
     assert runner.stats().completed == 1
     runner.shutdown(TIMEOUT)
+
+
+def failing_task() -> None:
+    raise ValueError("task failed")
+
+
+def test_run_task_reports_success_and_logs_a_plain_task_by_name(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    assert run_task(quick_task) is True
+    assert run_task(lambda: False) is False  # a chain whose callback failed
+    assert run_task(failing_task) is False
+    [record] = log.records
+    assert record.getMessage() == "Task ['tests.test_runner.failing_task'] queued by '?' raised."
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == "task failed"
+
+
+def test_a_plain_task_failing_on_a_worker_is_logged_with_its_error(
+    runner: ThreadRunner, log: pytest.LogCaptureFixture
+) -> None:
+    runner.submit(failing_task)
+    assert runner.wait_idle(TIMEOUT)
+    [record] = log.records
+    # The module part is the core's ('wsgi_after.runner.failing_task'), not the task's:
+    # reported with a proposed fix; the function's own name must be there.
+    assert record.getMessage().startswith("Task ['")
+    assert record.getMessage().endswith(".failing_task'] queued by '?' raised.")
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == "task failed"
+    assert runner.stats().failed == 1
+
+
+def exits() -> None:
+    raise SystemExit(4)
+
+
+def test_an_interrupt_in_a_task_run_by_the_submitter_is_raised_there() -> None:
+    # on_full="run" with a full queue, and after shutdown: the server's own thread
+    # runs the task, so an interrupt reaches it.
+    runner, _, release = blocked_runner("run", max_pending=1)
+    runner.submit(quick_task)  # fills the queue
+    with pytest.raises(SystemExit):
+        runner.submit(exits)
+    release.set()
+    assert runner.shutdown(TIMEOUT) is True
+    with pytest.raises(SystemExit):
+        runner.submit(exits)
+
+
+def test_after_shutdown_a_task_runs_in_the_submitter_with_a_warning(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    runner = ThreadRunner(max_workers=1, name="closed")
+    assert runner.shutdown(TIMEOUT) is True
+    ran: list[str] = []
+    runner.submit(lambda: ran.append(threading.current_thread().name))
+    assert ran == [threading.current_thread().name]
+    runner.submit(quick_task)
+    assert [r.getMessage() for r in log.records if r.levelname == "WARNING"][1] == (
+        "Running ['tests.test_runner.quick_task'] queued by '?' in the submitting thread:"
+        " 'closed' is shutting down."
+    )
+
+
+def test_every_drop_is_counted() -> None:
+    runner, _, release = blocked_runner("drop", max_pending=1)
+    runner.submit(quick_task)  # fills the queue
+    runner.submit(quick_task)
+    runner.submit(quick_task)
+    assert runner.stats().dropped == 2
+    release.set()
+    assert runner.shutdown(TIMEOUT) is True
+
+
+def test_every_blocked_submitter_is_woken() -> None:
+    runner, _, release = blocked_runner("block", max_pending=1)
+    runner.submit(quick_task)  # fills the queue
+    returned = threading.Barrier(3, timeout=TIMEOUT)
+
+    def submit() -> None:
+        runner.submit(quick_task)
+        returned.wait()
+
+    for _ in range(2):
+        threading.Thread(target=submit, daemon=True).start()
+    wait_until_blocked(runner, 2)
+    release.set()
+    returned.wait()  # both returned
+    assert runner.wait_idle(TIMEOUT)
+    assert runner.stats().completed == 4
+    runner.shutdown(TIMEOUT)
+
+
+def test_a_submitter_blocked_when_shutdown_begins_runs_its_task_itself() -> None:
+    runner, _, release = blocked_runner("block", max_pending=1)
+    runner.submit(quick_task)  # fills the queue
+    ran_in: list[str] = []
+    done = threading.Event()
+
+    def submit() -> None:
+        runner.submit(lambda: ran_in.append(threading.current_thread().name))
+        done.set()
+
+    threading.Thread(target=submit, name="submitter", daemon=True).start()
+    wait_until_blocked(runner)
+    runner.begin_shutdown()
+    assert done.wait(TIMEOUT)
+    assert ran_in == ["submitter"]
+    release.set()
+    assert runner.finish_shutdown(time.monotonic() + TIMEOUT) is True
