@@ -205,3 +205,42 @@ def test_a_slow_callback_is_logged_once_with_its_stack(log: pytest.LogCaptureFix
     assert "release.wait(10)" in warnings[0]  # the stack shows where it is stuck
     assert runner.stats().hung == 1
     runner.shutdown(TIMEOUT)
+
+
+def test_each_slow_callback_is_an_event_and_one_watchdog_watches(
+    seen: list[tuple[events.CallbackEvent, str]],
+) -> None:
+    # Two slow callbacks of one request, one after the other on the same worker:
+    # each reported once, as a "slow" event with its name and request.
+    runner = ThreadRunner(max_workers=2, slow_callback=0.1, drain_timeout=TIMEOUT, name="wd")
+    gates = [threading.Event(), threading.Event()]
+
+    def first() -> None:
+        gates[0].wait(TIMEOUT)
+
+    def second() -> None:
+        gates[1].wait(TIMEOUT)
+
+    def view(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(first)
+        after(second)
+        start_response("200 OK", [])
+        return [b""]
+
+    runner.start()
+    watchdogs = [th for th in threading.enumerate() if th.name == "wd-watchdog"]
+    assert [th.daemon for th in watchdogs] == [True]  # one, whatever the workers
+    serve(AfterMiddleware(view, runner=runner), "/slow", "PUT")
+    wait_for(lambda: runner.stats().hung == 1, what="the first report")
+    gates[0].set()
+    wait_for(lambda: runner.stats().hung == 2, what="the second report")
+    gates[1].set()
+    assert runner.wait_idle(TIMEOUT)
+    slow = [e for e, _ in seen if e.kind == "slow"]
+    assert [(e.name.rsplit(".", 1)[-1], e.method, e.path) for e in slow] == [
+        ("first", "PUT", "/slow"),
+        ("second", "PUT", "/slow"),
+    ]
+    assert all(e.run_time is not None and e.run_time >= 0.1 for e in slow)
+    assert runner.stats().hung == 2
+    runner.shutdown(TIMEOUT)
