@@ -6,7 +6,7 @@ the unit tests must fail for each change. A mutant that no test can tell from th
 original (an equivalent mutant) is listed, with its reason, in ``EQUIVALENT.md``
 beside this file and left out of the score. Exits 1 below ``--min`` percent::
 
-    python tests/mutation/score.py            # every core mutant (about 15 min on 2 cores)
+    python tests/mutation/score.py            # every core mutant (about an hour on 2 cores)
     python tests/mutation/score.py --subset   # CI: _response and middleware (a few minutes)
 
 Afterwards ``mutmut results`` lists the survivors and ``mutmut show NAME`` shows one.
