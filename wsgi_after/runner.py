@@ -554,8 +554,6 @@ class ThreadRunner:
     def _report_slow(self, worker: _Worker, task: object, running_for: float) -> None:
         request, names = describe_task(task)
         name = names[0] if names else "?"
-        with self._lock:
-            self._hung += 1
         logger.warning(
             "Callback '%s' queued by '%s' has been running for %.1f s on '%s'"
             " (slow_callback=%.1f s). Its thread's stack:\n%s",
@@ -569,6 +567,8 @@ class ThreadRunner:
         if events.listeners:
             method, _, path = request.partition(" ")
             events.emit(events.CallbackEvent("slow", name, method, path, run_time=running_for))
+        with self._lock:  # counted once it is logged: whoever sees the count sees the line
+            self._hung += 1
 
     def _retire(self, worker: _Worker, *, idle: bool) -> bool:
         """A worker thread is about to end: fold its counters in. False keeps it
