@@ -353,7 +353,7 @@ def table(counts: dict[str, float], budgets: dict[str, t.Any]) -> list[str]:
 def describe(limit: float | None, stack: Stack) -> str:
     if limit is None:
         return ""
-    return f"{stack.baseline} + {kilo(limit)}" if stack.baseline else kilo(limit)
+    return f"{STACKS[stack.baseline].label} + {kilo(limit)}" if stack.baseline else kilo(limit)
 
 
 def check(counts: dict[str, float], budgets: dict[str, t.Any]) -> list[str]:

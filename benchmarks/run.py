@@ -136,51 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     emit("measured in the same run.")
 
     if not quick:  # CI runs 'instructions.py --check' on its own
-        counts = instructions.measure(list(instructions.STACKS))
-        emit()
-        emit("## Instructions per request")
-        emit()
-        emit("Counted by `valgrind --tool=callgrind` (`python benchmarks/instructions.py`): the"
-             " same for the same code whatever else the machine does. In-process WSGI calls (a"
-             " copy of one environ, iterate, close), callbacks no-ops with their hand-off and"
-             " their run on the worker thread included; the difference of two runs divided by"
-             " the requests between them. \"+N\" is the cost over Flask hello world.")  # fmt: skip
-        emit()
-        budgets = json.loads(instructions.BUDGETS.read_text())
-        for line in instructions.table(counts, budgets):
+        for line in instructions_section(instructions.measure(list(instructions.STACKS))):
             emit(line)
-
-    core = bench_core.measure(quick)
-
-    def us(name: str) -> str:
-        timing = core[name]
-        return f"{timing.median * 1e6:.2f} us (+- {timing.stdev * 1e6:.2f})"
-
-    overhead = (core[bench_core.MIDDLEWARE].median - core[bench_core.BARE].median) * 1e6
-    closing = (core[bench_core.CLOSING].median - core[bench_core.BARE].median) * 1e6
-    close, submit = core[bench_core.CLOSE].median, core[bench_core.SUBMIT].median
-    drained = 1 / core[bench_core.RUNNER_DRAIN].median
-    pool_drained = 1 / core[bench_core.POOL_DRAIN].median
-    emit()
-    emit("## Micro timings")
-    emit()
-    emit("pyperf (`python benchmarks/bench_core.py`): calibrated loops, values from several"
-         " worker processes; the median, and the standard deviation after +-.")  # fmt: skip
-    emit()
-    emit("| measurement | time | beside |")
-    emit("|---|---|---|")
-    emit(f"| per request, bare app | {us(bench_core.BARE)} | |")
-    emit(f"| per request, werkzeug ClosingIterator | {us(bench_core.CLOSING)} |"
-         f" {closing:.2f} us over the bare app |")  # fmt: skip
-    emit(f"| per request, AfterMiddleware, no callback | {us(bench_core.MIDDLEWARE)} |"
-         f" {overhead:.2f} us over the bare app ({overhead / closing:.2f}x ClosingIterator's)"
-         " |")  # fmt: skip
-    emit(f"| close() with one callback | {us(bench_core.CLOSE)} | ThreadPoolExecutor.submit"
-         f" {us(bench_core.SUBMIT)}: {submit / close:.1f}x the time |")  # fmt: skip
-    emit(f"| SimpleQueue.put | {us(bench_core.PUT)} | |")
-    emit(f"| trivial callbacks drained, 4 workers | {us(bench_core.RUNNER_DRAIN)} each:"
-         f" {drained:,.0f}/s | ThreadPoolExecutor {pool_drained:,.0f}/s:"
-         f" {drained / pool_drained:.1f}x |")  # fmt: skip
+    for line in micro_section(bench_core.measure(quick)):
+        emit(line)
 
     p6 = bench_memory.p6_memory(20_000 if quick else 1_000_000)
     emit()
@@ -267,6 +226,61 @@ def main(argv: list[str] | None = None) -> int:
     emit(f"![P4 latency distributions](latency{suffix}.png)")
     (HERE / f"RESULTS{suffix}.md").write_text("\n".join(out) + "\n")
     return 0
+
+
+def instructions_section(counts: dict[str, float]) -> list[str]:
+    """The table of instructions per request (see ``instructions.py``)."""
+    budgets = json.loads(instructions.BUDGETS.read_text())
+    return [
+        "",
+        "## Instructions per request",
+        "",
+        "Counted by `valgrind --tool=callgrind` (`python benchmarks/instructions.py`): the"
+        " same for the same code whatever else the machine does. In-process WSGI calls (a"
+        " copy of one environ, iterate, close), callbacks no-ops with their hand-off and"
+        " their run on the worker thread included; the difference of two runs divided by"
+        ' the requests between them. "+N" is the cost over Flask hello world; CI fails when'
+        " a count exceeds its limit by more than 5 %.",
+        "",
+        instructions.BEGIN,  # 'instructions.py --write' replaces what is between the two
+        *instructions.table(counts, budgets),
+        instructions.END,
+    ]
+
+
+def micro_section(core: dict[str, bench_core.Timing]) -> list[str]:
+    """The pyperf micro timings (see ``bench_core.py``)."""
+
+    def us(name: str) -> str:
+        timing = core[name]
+        return f"{timing.median * 1e6:.2f} us (+- {timing.stdev * 1e6:.2f})"
+
+    overhead = (core[bench_core.MIDDLEWARE].median - core[bench_core.BARE].median) * 1e6
+    closing = (core[bench_core.CLOSING].median - core[bench_core.BARE].median) * 1e6
+    close, submit = core[bench_core.CLOSE].median, core[bench_core.SUBMIT].median
+    drained = 1 / core[bench_core.RUNNER_DRAIN].median
+    pool_drained = 1 / core[bench_core.POOL_DRAIN].median
+    return [
+        "",
+        "## Micro timings",
+        "",
+        "pyperf (`python benchmarks/bench_core.py`): calibrated loops, values from several"
+        " worker processes; the median, and the standard deviation after +-.",
+        "",
+        "| measurement | time | beside |",
+        "|---|---|---|",
+        f"| per request, bare app | {us(bench_core.BARE)} | |",
+        f"| per request, werkzeug ClosingIterator | {us(bench_core.CLOSING)} |"
+        f" {closing:.2f} us over the bare app |",
+        f"| per request, AfterMiddleware, no callback | {us(bench_core.MIDDLEWARE)} |"
+        f" {overhead:.2f} us over the bare app ({overhead / closing:.2f}x ClosingIterator's) |",
+        f"| close() with one callback | {us(bench_core.CLOSE)} | ThreadPoolExecutor.submit"
+        f" {us(bench_core.SUBMIT)}: {submit / close:.1f}x the time |",
+        f"| SimpleQueue.put | {us(bench_core.PUT)} | |",
+        f"| trivial callbacks drained, 4 workers | {us(bench_core.RUNNER_DRAIN)} each:"
+        f" {drained:,.0f}/s | ThreadPoolExecutor {pool_drained:,.0f}/s:"
+        f" {drained / pool_drained:.1f}x |",
+    ]
 
 
 def p7_section(rate: float, duration: float) -> list[str]:
