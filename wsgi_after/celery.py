@@ -179,6 +179,7 @@ class CeleryRunner:
             drain_timeout=drain_timeout,
             name="wsgi-after-celery",
         )
+        lifecycle.unregister(self._publisher)  # drained by this runner, registered below
         where = (
             f"payload given to the dead_letter hook '{callback_name(dead_letter)}'"
             if dead_letter is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import pathlib
 import socket
@@ -61,7 +62,7 @@ def disconnect_mid_stream(port: int, path: str, request_id: str) -> None:
 
 
 def runs(db: pathlib.Path, request_id: str) -> list[tuple[t.Any, ...]]:
-    with sqlite3.connect(db, timeout=30) as connection:
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as connection, connection:
         return connection.execute(
             "select name, status, completed, finished_at, pid from runs where request_id = ?",
             (request_id,),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.client
 import pathlib
 import sqlite3
@@ -47,7 +48,7 @@ def test_callbacks_see_only_their_own_request(tmp_path: pathlib.Path) -> None:
         deadline = time.monotonic() + 30
         rows: list[tuple[str, ...]] = []
         while time.monotonic() < deadline:
-            with sqlite3.connect(db, timeout=30) as connection:
+            with contextlib.closing(sqlite3.connect(db, timeout=30)) as connection, connection:
                 rows = connection.execute("select * from seen").fetchall()
             if len(rows) >= IN_FLIGHT:
                 break

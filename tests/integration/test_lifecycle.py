@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import signal
 import sqlite3
@@ -22,7 +23,7 @@ def gunicorn(port: int, *extra: str) -> list[str]:
 
 
 def count_runs(db: pathlib.Path, prefix: str) -> int:
-    with sqlite3.connect(db, timeout=30) as connection:
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as connection, connection:
         [(n,)] = connection.execute(
             "select count(*) from runs where request_id like ?", (prefix + "%",)
         ).fetchall()
@@ -117,8 +118,8 @@ def test_max_requests_recycling_loses_nothing(tmp_path: pathlib.Path) -> None:
         deadline = time.monotonic() + 20
         while count_runs(tmp_path / "runs.sqlite", "recycle") < 20 and time.monotonic() < deadline:
             time.sleep(0.05)
-        pids = {row[0] for row in sqlite3.connect(tmp_path / "runs.sqlite").execute(
-            "select distinct pid from runs")}  # fmt: skip
+        with contextlib.closing(sqlite3.connect(tmp_path / "runs.sqlite")) as connection:
+            pids = {row[0] for row in connection.execute("select distinct pid from runs")}
     assert count_runs(tmp_path / "runs.sqlite", "recycle") == 20
     assert len(pids) >= 4  # the worker really was recycled
     assert max(latencies) < 2.0

@@ -7,6 +7,7 @@ each scenario sends real requests and reads the callbacks' runs from SQLite.
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import pathlib
 import sqlite3
 import typing as t
@@ -84,7 +85,7 @@ def server(
     with running(SERVERS[name](port), port, env=env, log=tmp / "server.log"):
         yield Server(name, port, db)
     # Stopped (and drained where the server exits gracefully): no callback ran twice.
-    with sqlite3.connect(db) as connection:
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
         twice = connection.execute(
             "select request_id, name, count(*) from runs group by request_id, name"
             " having count(*) > 1"
@@ -142,7 +143,7 @@ def test_send_file(server: Server) -> None:
         # server got back its own wrapper object.
         assert reply.headers["content-length"] == str(FILE_SIZE)
         assert "transfer-encoding" not in reply.headers
-        with sqlite3.connect(server.db) as connection:
+        with contextlib.closing(sqlite3.connect(server.db)) as connection, connection:
             [(kind,)] = connection.execute(
                 "select type from iterables where request_id = ?", (rid,)
             ).fetchall()
