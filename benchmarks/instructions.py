@@ -312,6 +312,12 @@ def per_request(
 ) -> float:
     stack = STACKS[name]
     base, extra = (1_000, 10_000) if full else (stack.base, stack.extra)
+    # Both runs must load the same bytecode: write every module's .pyc first (the runs
+    # themselves write none), so neither compiles what the other loads.
+    subprocess.run(
+        [*(python or [sys.executable]), __file__, "--workload", name, "1"],
+        check=True, timeout=300, capture_output=True,
+    )  # fmt: skip
     folder = keep or pathlib.Path(tempfile.mkdtemp(prefix="callgrind-"))
     try:
         small = count(name, base, folder / f"{name}.small.out", python)
