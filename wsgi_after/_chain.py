@@ -308,6 +308,10 @@ class Chain(ClosingResponse):
         if events.listeners:
             self.closed_at = time.monotonic()
         runner = _forced_runner or self.runner
+        watch = None
+        if isinstance(runner, concurrent.futures.Executor):
+            # Named now: an executor's thread may run the chain before submit() returns.
+            watch = _FutureWatch(self.callback_names(), self.describe())
         try:
             result = runner.submit(self)
         except BaseException as e:
@@ -324,8 +328,8 @@ class Chain(ClosingResponse):
             if not isinstance(e, Exception):
                 raise
             return
-        if isinstance(result, concurrent.futures.Future):
-            result.add_done_callback(_FutureWatch(self.callback_names(), self.describe()))
+        if watch is not None and isinstance(result, concurrent.futures.Future):
+            result.add_done_callback(watch)
 
     def __del__(self) -> None:
         if self.state == OPEN and self.callbacks:
