@@ -328,8 +328,8 @@ class Chain(ClosingResponse):
             if not isinstance(e, Exception):
                 raise
             return
-        if watch is not None and isinstance(result, concurrent.futures.Future):
-            result.add_done_callback(watch)
+        if isinstance(result, concurrent.futures.Future):  # an executor, or a duck-typed one
+            result.add_done_callback(watch or _FutureWatch(self.callback_names(), self.describe()))
 
     def __del__(self) -> None:
         if self.state == OPEN and self.callbacks:
