@@ -23,7 +23,7 @@ import bench_core
 import bench_memory
 import e2e
 
-from wsgi_after.demo import free_port
+from tests.integration.servers import free_port  # on sys.path: e2e put the repository there
 
 HERE = pathlib.Path(__file__).parent
 IO_VARIANTS = ["none", "after", "after-plain", "inline", "call_on_close", "executor", "naive"]
