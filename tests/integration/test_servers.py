@@ -55,7 +55,16 @@ SERVERS: dict[str, Spec] = {
         error_status=None,
     ),
     "uwsgi-processes": simple(
-        lambda port: servers.uwsgi(port, "--master", "--processes", "2", "--max-requests", "5"),
+        lambda port: servers.uwsgi(
+            port,
+            "--master",
+            "--processes",
+            "2",
+            "--max-requests",
+            "5",
+            "--min-worker-lifetime",
+            "0",
+        ),
         stop_signal=signal.SIGINT,
         error_status=None,
     ),
