@@ -6,9 +6,12 @@ the response's ``close()``; ``a2wsgi_app``: a2wsgi's ``WSGIMiddleware``, which d
 
 from __future__ import annotations
 
+import importlib
+
 from a2wsgi import WSGIMiddleware
 from asgiref.wsgi import WsgiToAsgi
-from matrix_app import app
+
+app = importlib.import_module("matrix_app").app  # a sibling module, by the server's path
 
 asgiref_app = WsgiToAsgi(app)  # type: ignore[no-untyped-call]
 a2wsgi_app = WSGIMiddleware(app)
