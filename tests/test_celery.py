@@ -1,19 +1,40 @@
-"""CeleryRunner's checks at after() time; they need no broker."""
+"""CeleryRunner's checks in the request and on the worker; they need no broker."""
 
 from __future__ import annotations
 
 import collections.abc
+import functools
+import logging
+import os
+import pathlib
+import subprocess
+import sys
 import typing as t
 
 import pytest
 from celery import Celery
 
-from wsgi_after.celery import CeleryRunner, RemoteError
+from tests.helpers import serve
+from wsgi_after import AfterMiddleware, after
+from wsgi_after.celery import (
+    ALLOW_KEY,
+    TASK_NAME,
+    CeleryRunner,
+    RemoteError,
+    allowed_modules,
+)
 
-app = Celery("checks", broker="redis://127.0.0.1:1/0")  # never connected to here
+HERE = "tests.test_celery"
+DEAD = "redis://127.0.0.1:1/0"  # never reached: publishing fails at once
+app = Celery("checks", broker=DEAD)
+app.conf.broker_transport_options = {"max_retries": 0}
 
 
-def module_level(order_id: int) -> None:
+def module_level(order_id: object, note: object = None) -> None:
+    pass
+
+
+async def module_level_async(order_id: int) -> None:
     pass
 
 
@@ -26,17 +47,39 @@ class Service:
     def method(self) -> None:
         pass
 
+    @staticmethod
+    def static() -> None:
+        pass
+
 
 @pytest.fixture
 def runner() -> collections.abc.Iterator[CeleryRunner]:
-    runner = CeleryRunner(app)
+    runner = CeleryRunner(Celery("checks", broker=DEAD), allow=[HERE])
     yield runner
     runner.shutdown(1)
 
 
 def test_module_level_functions_and_tasks_pass(runner: CeleryRunner) -> None:
     runner.check_callback(module_level, (1,), {})
+    runner.check_callback(module_level_async, (1,), {})
     runner.check_callback(as_task, (1,), {})
+
+
+def test_without_allow_only_tasks_pass() -> None:
+    runner = CeleryRunner(Celery("checks", broker=DEAD))
+    runner.check_callback(as_task, (1,), {})
+    with pytest.raises(TypeError) as info:
+        runner.check_callback(module_level, (1,), {})
+    assert str(info.value) == (
+        f"'after()' cannot send '{HERE}.module_level' to Celery: its module '{HERE}' is not in"
+        f" the runner's allow list. Add it: CeleryRunner(celery_app, allow=['{HERE}'])"
+        " (the Celery config 'wsgi_after_allow' on the worker), or make it a Celery task."
+    )
+
+
+def test_submodules_of_an_allowed_package_pass() -> None:
+    runner = CeleryRunner(Celery("checks", broker=DEAD), allow=["tests"])
+    runner.check_callback(module_level, (1,), {})
 
 
 def closure() -> t.Callable[[], None]:
@@ -56,32 +99,92 @@ in_main.__module__ = "__main__"
 @pytest.mark.parametrize(
     ("func", "name"),
     [
-        pytest.param(lambda: None, "tests.test_celery.<lambda>", id="lambda"),
-        pytest.param(closure(), "tests.test_celery.closure.<locals>.inner", id="closure"),
-        pytest.param(Service().method, "tests.test_celery.Service.method", id="method"),
+        pytest.param(lambda: None, f"{HERE}.<lambda>", id="lambda"),
+        pytest.param(closure(), f"{HERE}.closure.<locals>.inner", id="closure"),
+        pytest.param(Service().method, f"{HERE}.Service.method", id="method"),
+        pytest.param(Service.static, f"{HERE}.Service.static", id="class-level function"),
+        pytest.param(Service, f"{HERE}.Service", id="class"),
         pytest.param(in_main, "__main__.in_main", id="__main__"),
+        pytest.param(print, "builtins.print", id="builtin"),
+        pytest.param(os.system, "posix.system", id="os.system"),
+        pytest.param(subprocess.run, "subprocess.run", id="subprocess.run"),
+        pytest.param(functools.partial(module_level, 1), "functools.partial", id="partial"),
     ],
 )
-def test_callbacks_a_worker_cannot_import_are_refused(
+def test_callbacks_a_worker_would_refuse_are_refused(
     runner: CeleryRunner, func: t.Any, name: str
 ) -> None:
     with pytest.raises(TypeError) as info:
         runner.check_callback(func, (), {})
-    assert str(info.value) == (
-        f"'after()' cannot send '{name}' to Celery: a worker imports callbacks by module"
-        " and qualified name. Define it at module level, or make it a Celery task."
-    )
+    message = str(info.value)
+    assert message.startswith(f"'after()' cannot send '{name}' to Celery:")
+    if name.startswith(HERE) or name == "__main__.in_main" or "." not in name[6:]:
+        assert message.endswith(
+            "a worker runs only Celery tasks and module-level functions of the modules in"
+            " 'allow'. Define it at module level, or make it a Celery task."
+        )
 
 
 def test_unserializable_arguments_are_refused(runner: CeleryRunner) -> None:
     with pytest.raises(TypeError) as info:
         runner.check_callback(module_level, (object(),), {})
     message = str(info.value)
-    assert message.startswith(
-        "'after()' cannot send the arguments of 'tests.test_celery.module_level' to Celery:"
-    )
+    assert message.startswith(f"'after()' cannot send the arguments of '{HERE}.module_level'")
     assert message.endswith(
         "Pass values the 'json' serializer can encode, such as ids rather than objects."
+    )
+
+
+@pytest.mark.parametrize(
+    ("allow", "message"),
+    [
+        pytest.param(
+            "myapp",
+            "'allow' must be a list of module names, got 'str': write allow=['myapp.tasks'].",
+            id="str",
+        ),
+        pytest.param(
+            ["my app"], "'allow' must list module names like 'myapp.tasks', got 'my app'.", id="bad"
+        ),
+        pytest.param(
+            ["os"],
+            "'allow' must not list 'os': a writer to the broker could call its functions."
+            " List only your own modules.",
+            id="stdlib",
+        ),
+        pytest.param(
+            ["subprocess"],
+            "'allow' must not list 'subprocess': a writer to the broker could call its"
+            " functions. List only your own modules.",
+            id="subprocess",
+        ),
+        pytest.param(
+            ["__main__"],
+            "'allow' must not list '__main__': a writer to the broker could call its"
+            " functions. List only your own modules.",
+            id="__main__",
+        ),
+    ],
+)
+def test_bad_allow_lists_are_refused(allow: t.Any, message: str) -> None:
+    with pytest.raises(ValueError, match=r"^'allow' must") as info:
+        CeleryRunner(Celery("checks", broker=DEAD), allow=allow)
+    assert str(info.value) == message
+    with pytest.raises(ValueError, match=r"^'allow' must"):
+        allowed_modules(allow)
+
+
+def test_allow_is_the_apps_config_key() -> None:
+    celery_app = Celery("checks", broker=DEAD)
+    runner = CeleryRunner(celery_app, allow=["myapp", "myapp.tasks"])
+    assert celery_app.conf[ALLOW_KEY] == ["myapp", "myapp.tasks"]
+    assert CeleryRunner(celery_app).allow == ("myapp", "myapp.tasks")  # read back
+    assert runner.allow == ("myapp", "myapp.tasks")
+    with pytest.raises(ValueError, match="differs") as info:
+        CeleryRunner(celery_app, allow=["other"])
+    assert str(info.value) == (
+        "'allow' ['other'] differs from the Celery config 'wsgi_after_allow'"
+        " ['myapp', 'myapp.tasks']: set one of them."
     )
 
 
@@ -95,6 +198,8 @@ def test_bad_options_are_refused() -> None:
         CeleryRunner("redis://")
     with pytest.raises(ValueError, match="'retry_window' must be at least 0, got -1"):
         CeleryRunner(app, retry_window=-1)
+    with pytest.raises(TypeError, match="'dead_letter' must be a callable taking the payload"):
+        CeleryRunner(app, dead_letter="log")  # type: ignore[arg-type]
 
 
 def test_remote_error_keeps_type_and_message() -> None:
@@ -104,3 +209,202 @@ def test_remote_error_keeps_type_and_message() -> None:
         "'order'",
         "KeyError: 'order'",
     )
+
+
+def test_what_is_sent_is_what_after_was_given() -> None:
+    letters: list[dict[str, t.Any]] = []
+    runner = CeleryRunner(app, allow=[HERE], retry_window=0, dead_letter=letters.append)
+
+    def wsgi(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        items = ["book"]
+        after(module_level, items, note={"n": 1})
+        after(as_task, 7)
+        items.append("pen")
+        start_response("201 Created", [])
+        return [b""]
+
+    try:
+        serve(AfterMiddleware(wsgi, runner=runner), "/orders", "POST")
+        assert runner.wait_idle(10)
+    finally:
+        runner.shutdown(1)
+    assert letters == [
+        {
+            "method": "POST",
+            "path": "/orders",
+            "status": "201 Created",
+            "completed": True,
+            "error": None,
+            "callbacks": [
+                {"func": f"{HERE}:module_level", "args": [["book"]], "kwargs": {"note": {"n": 1}}},
+                {"func": "task:checks.as_task", "args": [7], "kwargs": {}},
+            ],
+        }
+    ]
+    assert runner.stats().dead_lettered == 1
+
+
+def app_after(func: t.Any, *args: t.Any) -> t.Any:
+    def wsgi(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        after(func, *args)
+        start_response("200 OK", [])
+        return [b""]
+
+    return wsgi
+
+
+def test_a_failing_dead_letter_hook_is_logged_without_the_payload(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    def keep(payload: dict[str, t.Any]) -> None:
+        raise RuntimeError(f"disk full while writing {payload}")
+
+    runner = CeleryRunner(app, allow=[HERE], retry_window=0, dead_letter=keep)
+    try:
+        serve(AfterMiddleware(app_after(module_level, "s3cr3t"), runner=runner), "/x")
+        assert runner.wait_idle(10)
+    finally:
+        runner.shutdown(1)
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert messages[1] == (
+        f"The dead_letter hook '{HERE}.{keep.__qualname__}' raised RuntimeError for the"
+        " callbacks of 'GET /x'; their payload is lost."
+    )
+    assert not any("s3cr3t" in m for m in messages)
+
+
+# The worker side, run in this process: forged messages and the allow list.
+
+
+def run_on_worker(payload: object, allow: list[str] | None = None) -> None:
+    worker_app = Celery("worker", broker=DEAD)
+    if allow is not None:
+        worker_app.conf[ALLOW_KEY] = allow
+    worker_app.tasks[TASK_NAME](payload)
+
+
+def message(*callbacks: tuple[str, list[t.Any]], path: str = "/forged") -> dict[str, t.Any]:
+    return {
+        "method": "POST",
+        "path": path,
+        "status": "200 OK",
+        "completed": True,
+        "error": None,
+        "callbacks": [{"func": f, "args": a, "kwargs": {}} for f, a in callbacks],
+    }
+
+
+RAN: list[object] = []
+
+
+def remember(value: object) -> None:
+    RAN.append(value)
+
+
+def test_the_worker_refuses_what_its_allow_list_does_not_name(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    marker = tmp_path / "marker"
+    RAN.clear()
+    run_on_worker(
+        message(
+            ("os:system", [f"touch {marker}"]),
+            ("builtins:exec", [f"open({str(marker)!r}, 'w').close()"]),
+            ("tests.test_celery:os", []),  # a module attribute
+            ("tests.test_celery:Service", []),
+            ("tests.test_celery:Service.static", []),
+            ("tests.test_celery:closure", []),  # allowed: returns a function, harmless
+            ("tests.test_celery:remember", ["ran"]),
+            ("task:checks.as_task", [1]),
+            ("task:wsgi_after.run_chain", [{}]),
+        ),
+        allow=[HERE],
+    )
+    assert not marker.exists()
+    assert RAN == ["ran"]
+    refused = {
+        r.getMessage().split("'")[1]: r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith("Refused callback")
+    }
+    assert refused["os:system"] == (
+        "Refused callback 'os:system' queued by 'POST /forged': module 'os' is not in this"
+        f" worker's allow list (Celery config 'wsgi_after_allow': ['{HERE}']); it was not run."
+    )
+    assert refused[f"{HERE}:os"].endswith(": it is not a plain Python function; it was not run.")
+    assert refused[f"{HERE}:Service.static"].endswith(
+        "it does not name a module-level function as 'module:function'; it was not run."
+    )
+    assert set(refused) == {
+        "os:system",
+        "builtins:exec",
+        f"{HERE}:os",
+        f"{HERE}:Service",
+        f"{HERE}:Service.static",
+        "task:wsgi_after.run_chain",
+    }
+
+
+def test_a_worker_without_allow_list_runs_tasks_only(caplog: pytest.LogCaptureFixture) -> None:
+    RAN.clear()
+    run_on_worker(message((f"{HERE}:remember", ["no"]), ("task:checks.as_task", [1])))
+    assert RAN == []
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Refused callback '{HERE}:remember' queued by 'POST /forged': module '{HERE}' is not"
+        " in this worker's allow list (Celery config 'wsgi_after_allow': []); it was not run."
+    ]
+
+
+def test_a_module_outside_the_allow_list_is_never_imported() -> None:
+    sys.modules.pop("tests.helpers_never_imported", None)
+    run_on_worker(message(("tests.helpers_never_imported:f", [])), allow=["tests.test_celery"])
+    assert "tests.helpers_never_imported" not in sys.modules
+
+
+def test_forged_names_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    run_on_worker(message(("os:system\nERROR fake line", []), path="/a\r\nINFO fake"))
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "\n" not in line
+    assert "\r" not in line
+    assert "'os:system\\nERROR fake line' queued by 'POST /a\\r\\nINFO fake'" in line
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        pytest.param([], "the payload is not a mapping", id="list"),
+        pytest.param({**message(), "method": 1}, "'method' and 'path' must be strings", id="m"),
+        pytest.param({**message(), "completed": "yes"}, "'completed' must be a boolean", id="c"),
+        pytest.param({**message(), "error": ["x"]}, "'error' must be null or two strings", id="e"),
+        pytest.param({**message(), "callbacks": {}}, "'callbacks' must be a list", id="cbs"),
+        pytest.param(
+            {**message(), "callbacks": [{"func": 1}]},
+            "each callback needs a string 'func' and a list 'args'",
+            id="func",
+        ),
+    ],
+)
+def test_malformed_messages_are_refused(
+    payload: object, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_on_worker(payload, allow=[HERE])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Refused a 'wsgi_after.run_chain' message: {reason}."
+    ]
+
+
+def test_every_app_gets_the_task_whatever_the_import_order() -> None:
+    code = (
+        "from celery import Celery\n"
+        "before = Celery('before'); before.finalize()\n"
+        "import wsgi_after.celery\n"
+        "after = Celery('after')\n"
+        f"assert {TASK_NAME!r} in before.tasks and {TASK_NAME!r} in after.tasks\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
+import inspect
+import logging
+import sys
 import threading
+import time
 import typing as t
 
 import pytest
 
-from tests.helpers import call, serve
+from tests.helpers import call, make_environ, serve
 from wsgi_after import (
     AfterMiddleware,
     InlineRunner,
@@ -16,8 +22,10 @@ from wsgi_after import (
     OutsideRequestError,
     ThreadRunner,
     after,
+    current_chain,
     outcome,
 )
+from wsgi_after._chain import CURRENT
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -41,7 +49,9 @@ def test_outside_request_raises_with_the_fix() -> None:
         after(print)
     assert str(info.value) == (
         "'after()' was called outside a request handled by 'AfterMiddleware'."
-        " Wrap the WSGI app with 'AfterMiddleware' or call 'After.init_app(app)'."
+        " Wrap the WSGI app with 'AfterMiddleware' (Flask: 'After(app)'); in a"
+        " thread started by the view, run the thread's function in a copy of the"
+        " request's context: 'contextvars.copy_context().run(func)'."
     )
     assert isinstance(info.value, RuntimeError)
 
@@ -163,7 +173,7 @@ def test_failing_callback_is_logged_by_name_and_the_rest_run(
     assert record.name == "wsgi_after"
     assert record.getMessage() == (
         "Callback 'tests.test_chain.test_failing_callback_is_logged_by_name_and_the_rest_run"
-        ".<locals>.broken' queued by 'POST /orders/7' raised."
+        ".<locals>.broken' queued by 'POST /orders/7' raised ValueError."
     )
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], ValueError)
@@ -280,3 +290,319 @@ def test_outcome_when_start_response_was_never_called() -> None:
     with pytest.raises(RuntimeError):
         call(AfterMiddleware(app, runner=InlineRunner()))
     assert seen == [Outcome(None, False, error)]
+
+
+# --- Hardening (issue 9): nothing accepted is lost silently --------------------------
+
+
+class CustomStop(BaseException):
+    pass
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(SystemExit(2), id="SystemExit"),
+        pytest.param(KeyboardInterrupt(), id="KeyboardInterrupt"),
+        pytest.param(GeneratorExit(), id="GeneratorExit"),
+        pytest.param(asyncio.CancelledError(), id="CancelledError"),
+        pytest.param(CustomStop(), id="custom-BaseException"),
+    ],
+)
+def test_a_base_exception_in_a_callback_is_logged_by_name_and_the_rest_run(
+    error: BaseException, runner: ThreadRunner, log: pytest.LogCaptureFixture
+) -> None:
+    ran: list[str] = []
+
+    def stops() -> None:
+        raise error
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(ran.append, "first")
+        after(stops)
+        after(ran.append, "last")
+
+    serve(AfterMiddleware(text_app(view), runner=runner), "/pay", "POST")
+    assert runner.wait_idle(5)
+    assert ran == ["first", "last"]
+    [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert record.getMessage() == (
+        "Callback 'tests.test_chain.test_a_base_exception_in_a_callback_is_logged_by_name"
+        f"_and_the_rest_run.<locals>.stops' queued by 'POST /pay' raised {type(error).__name__}."
+    )
+    assert record.exc_info is not None
+    assert record.exc_info[1] is error
+
+
+def test_a_response_never_closed_logs_its_callbacks_by_name(log: pytest.LogCaptureFixture) -> None:
+    import gc
+
+    ran: list[str] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(ran.append, "never")
+
+    def serve_without_close() -> None:  # a gateway that never calls close()
+        iterable = call(
+            AfterMiddleware(text_app(view), runner=InlineRunner()), make_environ("/lost")
+        )
+        assert b"".join(iterable) == b"ok"
+
+    # In a context of its own, as a gateway's thread or task: this one keeps nothing.
+    contextvars.copy_context().run(serve_without_close)
+    gc.collect()  # the chain and its environ refer to each other until the chain is done
+    assert ran == []  # not run: nobody knows the response was sent
+    [message] = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert message.startswith(
+        "Callback 'list.append' queued by 'GET /lost' was not run: the server never called"
+        " close() on the response (PEP 3333)"
+    )
+
+
+def test_after_from_a_thread_with_the_requests_context_lands_or_raises() -> None:
+    # Each round: a thread that copied the request's context races the server's
+    # close(). Every after() that returned must have run, and none may run twice.
+    runner = InlineRunner()
+    rounds = 300
+    outcomes: list[str] = []
+    for i in range(rounds):
+        ran: list[int] = []
+        ready = threading.Barrier(2, timeout=5)
+        result: list[str] = []
+
+        def racer(
+            ran: list[int] = ran,
+            result: list[str] = result,
+            i: int = i,
+            ready: threading.Barrier = ready,
+        ) -> None:
+            ready.wait()
+            try:
+                after(ran.append, i)
+            except OutsideRequestError:
+                result.append("refused")
+            else:
+                result.append("accepted")
+
+        def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+            ctx = contextvars.copy_context()
+            threading.Thread(target=ctx.run, args=(racer,)).start()
+            start_response("200 OK", [])
+            return [b"ok"]
+
+        iterable = call(AfterMiddleware(app, runner=runner))
+        ready.wait()
+        iterable.close()
+        deadline = time.monotonic() + 5
+        while not result and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert result, "the racing thread did not finish"
+        # accepted means it ran (inline, in close()); refused means it did not.
+        assert ran == ([i] if result == ["accepted"] else []), (result, ran)
+        outcomes.append(result[0])
+    assert set(outcomes) <= {"accepted", "refused"}
+
+
+def test_after_once_the_response_closed_says_so(runner: ThreadRunner) -> None:
+    kept: list[contextvars.Context] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        kept.append(contextvars.copy_context())
+
+    serve(AfterMiddleware(text_app(view), runner=runner), "/done")
+    with pytest.raises(OutsideRequestError) as info:
+        kept[0].run(after, print)
+    assert str(info.value) == (
+        "'after()' was called for 'a finished request' after its response was closed and"
+        " its callbacks handed to the runner. Call 'after()' before the response is"
+        " closed: in the view, or while the server iterates its body."
+    )
+
+
+def test_the_current_chain_is_reset_when_the_response_closes(runner: ThreadRunner) -> None:
+    seen: list[object] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        seen.append(current_chain())
+
+    serve(AfterMiddleware(text_app(view), runner=runner))
+    assert seen[0] is not None
+    assert current_chain() is None
+    assert CURRENT.get() is None  # this thread keeps nothing of the request
+
+
+def test_a_callback_that_queues_itself_stops_at_max_callbacks(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    runs: list[int] = []
+
+    def again() -> None:
+        runs.append(1)
+        after(again)
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(again)
+
+    serve(AfterMiddleware(text_app(view), runner=InlineRunner(), max_callbacks=50), "/loop")
+    assert len(runs) == 50
+    [message] = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert message == (
+        "Refused 'after(tests.test_chain.test_a_callback_that_queues_itself_stops_at_max"
+        "_callbacks.<locals>.again)' inside a callback for 'GET /loop': the request already"
+        " queued 50 callbacks (max_callbacks); this and further ones are not run."
+    )
+
+
+def test_after_past_max_callbacks_raises_in_the_request() -> None:
+    def view(environ: WSGIEnvironment) -> None:
+        for _ in range(4):
+            after(print)
+
+    with pytest.raises(RuntimeError) as info:
+        serve(AfterMiddleware(text_app(view), runner=InlineRunner(), max_callbacks=3), "/x")
+    assert str(info.value) == (
+        "'after()' was called more than 3 times for 'GET /x'. Queue fewer callbacks (one"
+        " that loops over the items), or raise 'AfterMiddleware(max_callbacks=...)'."
+    )
+
+
+def test_finished_callbacks_are_freed_while_the_chain_runs() -> None:
+    import weakref
+
+    class Payload:
+        pass
+
+    alive: list[bool] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        payload = Payload()
+        ref = weakref.ref(payload)
+        after(lambda p: None, payload)
+        after(lambda: alive.append(ref() is not None))
+        del payload
+
+    serve(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    assert alive == [False]
+
+
+def test_after_from_the_teardown_of_a_callbacks_scope_does_not_loop(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    runs: list[str] = []
+
+    @contextlib.contextmanager
+    def scope() -> t.Iterator[None]:
+        yield
+        after(runs.append, "from teardown")  # like Flask's teardown_request
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        chain = current_chain()
+        assert chain is not None
+        chain.scope = scope
+        after(runs.append, "callback")
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(AfterMiddleware(app, runner=InlineRunner()), "/t")
+    assert runs == ["callback"]
+    assert [r.getMessage() for r in log.records if r.levelno >= logging.DEBUG] == [
+        "Ignored 'after(list.append)' from the teardown of a callback's context for 'GET /t':"
+        " teardown runs after every callback, so it would queue itself for ever."
+    ]
+
+
+def test_outcome_reports_the_status_the_client_got() -> None:
+    seen: list[Outcome | None] = []
+    sent: list[str] = []
+
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
+    ) -> t.Any:
+        if exc_info is not None and sent:
+            raise exc_info[1].with_traceback(exc_info[2])  # PEP 3333: headers already sent
+        sent.append(status)
+        return lambda data: None
+
+    def body(start: t.Callable[..., t.Any]) -> t.Iterator[bytes]:
+        yield b"partial"
+        try:
+            raise ValueError("late")
+        except ValueError:
+            start("500 Internal Server Error", [], sys.exc_info())
+
+    def app(environ: WSGIEnvironment, start: StartResponse) -> t.Iterable[bytes]:
+        after(lambda: seen.append(outcome()))
+        start("200 OK", [])
+        return body(start)
+
+    iterable = call(AfterMiddleware(app, runner=InlineRunner()), start_response=start_response)
+    with pytest.raises(ValueError, match="late"):
+        b"".join(iterable)
+    iterable.close()
+    assert seen[0] is not None
+    assert seen[0].status == 200
+
+
+def test_a_function_returning_an_awaitable_runs_it() -> None:
+    ran: list[str] = []
+
+    class Later:
+        def __await__(self) -> t.Generator[None, None, None]:
+            ran.append("awaited")
+            return
+            yield
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(Later)
+
+    serve(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    assert ran == ["awaited"]
+
+
+def test_an_async_generator_function_is_refused() -> None:
+    async def stream() -> t.AsyncIterator[int]:
+        yield 1
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(stream)
+
+    with pytest.raises(TypeError) as info:
+        serve(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    assert str(info.value) == (
+        "'after()' cannot run the async generator function 'tests.test_chain.test_an_async"
+        "_generator_function_is_refused.<locals>.stream' to completion. Queue a coroutine"
+        " function ('async def' with no 'yield')."
+    )
+
+
+def test_a_refused_coroutine_object_is_closed() -> None:
+    async def job() -> None:
+        pass
+
+    coro = job()
+    with pytest.raises(TypeError):
+        after(coro, 1)  # type: ignore[call-overload]
+    assert inspect.getcoroutinestate(coro) == "CORO_CLOSED"  # no "never awaited" later
+
+    coro = job()
+    with pytest.raises(OutsideRequestError):
+        after(coro)
+    assert inspect.getcoroutinestate(coro) == "CORO_CLOSED"
+
+
+def test_a_forged_path_cannot_forge_a_log_line(
+    runner: ThreadRunner, log: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> None:
+        raise ValueError("x")
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(broken)
+
+    path = "/caf\xc3\xa9\r\n2026-01-01 ERROR forged"  # WSGI's latin-1 form of UTF-8 bytes
+    serve(AfterMiddleware(text_app(view), runner=runner), path)
+    assert runner.wait_idle(5)
+    [message] = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert "\n" not in message
+    assert "\r" not in message
+    assert "'GET /café\\r\\n2026-01-01 ERROR forged'" in message

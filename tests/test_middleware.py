@@ -52,7 +52,7 @@ def test_default_runner_is_a_thread_runner_built_from_options() -> None:
         ),
         pytest.param(
             {"drain_timeout": -1},
-            "'drain_timeout' must be a number of seconds of at least 0, got -1.",
+            "'drain_timeout' must be a number of seconds of at least 0 (inf: no limit), got -1.",
             id="drain",
         ),
     ],
@@ -65,7 +65,7 @@ def test_invalid_options_name_the_allowed_values(options: dict[str, t.Any], mess
 
 def test_runner_without_submit_is_refused() -> None:
     with pytest.raises(TypeError) as info:
-        AfterMiddleware(lambda e, s: [], runner=object())  # type: ignore[arg-type]
+        AfterMiddleware(lambda e, s: [], runner=object())  # type: ignore[call-overload]
     assert str(info.value) == (
         "'runner' must have a 'submit(fn)' method, like 'ThreadRunner' or a"
         " 'concurrent.futures.Executor', got 'object'."
@@ -74,7 +74,7 @@ def test_runner_without_submit_is_refused() -> None:
 
 def test_runner_with_pool_options_is_refused() -> None:
     with pytest.raises(TypeError, match=r"got 'max_workers' with 'runner'\. Pass the options"):
-        AfterMiddleware(lambda e, s: [], runner=InlineRunner(), max_workers=2)
+        AfterMiddleware(lambda e, s: [], runner=InlineRunner(), max_workers=2)  # type: ignore[call-overload]
 
 
 def test_an_executor_works_as_runner() -> None:
@@ -219,16 +219,45 @@ def test_concurrent_close_schedules_once() -> None:
     assert len(inner_closes) == 50
 
 
-def test_nothing_a_callback_does_reaches_close() -> None:
+def test_nothing_a_callback_raises_reaches_close_on_a_thread_runner(
+    runner: ThreadRunner, log: pytest.LogCaptureFixture
+) -> None:
+    ran: list[str] = []
+
     def fatal() -> None:
         raise SystemExit(3)
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
         after(fatal)
+        after(ran.append, "next")
         start_response("200 OK", [])
         return [b""]
 
-    serve(AfterMiddleware(app, runner=InlineRunner()))  # does not raise
+    serve(AfterMiddleware(app, runner=runner))  # does not raise
+    assert runner.wait_idle(5)
+    assert ran == ["next"]
+    assert [r.exc_info[0] for r in log.records if r.exc_info] == [SystemExit]
+
+
+def test_an_interrupt_in_the_servers_thread_is_raised_after_the_chain(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    ran: list[str] = []
+
+    def fatal() -> None:
+        raise SystemExit(3)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(fatal)
+        after(ran.append, "next")
+        start_response("200 OK", [])
+        return [b""]
+
+    with pytest.raises(SystemExit) as info:
+        serve(AfterMiddleware(app, runner=InlineRunner()))
+    assert info.value.code == 3
+    assert ran == ["next"]  # the rest ran first
+    assert [r.exc_info[0] for r in log.records if r.exc_info] == [SystemExit]
 
 
 def test_start_response_exc_info_and_write_pass_through() -> None:
@@ -362,9 +391,11 @@ def test_nested_middleware_passes_through() -> None:
 
     inner = AfterMiddleware(app, runner=InlineRunner())
     outer = AfterMiddleware(inner, runner=InlineRunner())
-    response = serve(outer)
+    iterable = call(outer)
+    assert iterable._inner == [b""]  # wrapped once, by the outer one
+    assert b"".join(iterable) == b""
+    iterable.close()
     assert ran == ["once"]
-    assert response.iterable._inner == [b""]  # wrapped once, by the outer one
 
 
 def test_environ_is_released_after_the_callbacks_ran() -> None:
@@ -433,3 +464,108 @@ def test_passes_wsgiref_validator_with_warnings_as_errors() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(["/", "/stream", "/file"] * 2)
+
+
+# --- Hardening (issue 9) ------------------------------------------------------------
+
+
+def test_a_process_pool_is_refused_as_runner() -> None:
+    with (
+        concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool,
+        pytest.raises(TypeError) as info,
+    ):
+        AfterMiddleware(lambda e, s: [], runner=pool)
+    assert str(info.value) == (
+        "'runner' cannot be a 'ProcessPoolExecutor': a request's callbacks and their"
+        " contexts cannot be sent to another process. Use 'ThreadRunner', or"
+        " 'wsgi_after.celery.CeleryRunner' to run them in other processes."
+    )
+
+
+def test_what_an_executors_future_reports_is_logged(log: pytest.LogCaptureFixture) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(print, end="")
+        start_response("200 OK", [])
+        return [b""]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+
+        def hold() -> None:
+            started.set()
+            release.wait(10)
+
+        pool.submit(hold)
+        assert started.wait(5)
+        middleware = AfterMiddleware(app, runner=pool)
+        serve(middleware, "/cancelled")  # queued behind the busy worker
+        pool.shutdown(wait=False, cancel_futures=True)
+        release.set()
+    [message] = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert message == (
+        "Callbacks ['builtins.print'] queued by 'GET /cancelled' were not run: the executor"
+        " cancelled them."
+    )
+
+
+def test_a_closed_response_keeps_nothing_of_the_request_alive(runner: ThreadRunner) -> None:
+    import gc
+    import weakref
+
+    class Body(list[bytes]):
+        pass
+
+    refs: list[weakref.ref[t.Any]] = []
+    done = threading.Event()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(done.set)
+        start_response("200 OK", [])
+        body = Body([b"x" * 1024])
+        refs.append(weakref.ref(body))
+        return body
+
+    gc.disable()  # reference counting alone must free it
+    try:
+        serve(AfterMiddleware(app, runner=runner))
+        assert done.wait(5)
+        assert runner.wait_idle(5)
+        assert refs[0]() is None  # not kept until this thread's next request
+    finally:
+        gc.enable()
+
+
+def test_an_app_errors_traceback_is_freed_without_the_gc() -> None:
+    import gc
+    import weakref
+
+    class Local:
+        pass
+
+    refs: list[weakref.ref[Local]] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        local = Local()  # a view's local, kept alive by the error's traceback
+        refs.append(weakref.ref(local))
+        after(print, end="")
+        raise ValueError("boom")
+
+    gc.disable()
+    try:
+        with pytest.raises(ValueError, match="boom"):
+            serve(AfterMiddleware(app, runner=InlineRunner()))
+        assert refs[0]() is None  # no chain <-> traceback cycle left for the gc
+    finally:
+        gc.enable()
+
+
+def test_file_wrapper_keywords_pass_through() -> None:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"hello"), blksize=2)
+
+    environ = make_environ(extra={"wsgi.file_wrapper": wsgiref.util.FileWrapper})
+    response = call(AfterMiddleware(app, runner=InlineRunner()), environ)
+    assert b"".join(response) == b"hello"
+    response.close()

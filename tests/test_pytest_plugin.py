@@ -82,3 +82,59 @@ def test_times_out(after_wait):
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_after_inline_fails_the_test_for_an_interrupt_and_blames_only_its_own_runs(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_app="""
+import threading
+from flask import Flask
+from wsgi_after import ThreadRunner, after
+from wsgi_after.flask import After
+
+app = Flask(__name__)
+After(app)
+other = Flask("other")
+After(other, runner=ThreadRunner(max_workers=1))  # another app, on a background runner
+
+def interrupt():
+    raise KeyboardInterrupt
+
+gate = threading.Event()
+
+def broken():
+    gate.wait(10)
+    raise ValueError("background failure")
+
+@app.get("/stop")
+def stop():
+    after(interrupt)
+    return "ok"
+
+@other.get("/broken")
+def other_broken():
+    after(broken)
+    return "ok"
+
+def test_interrupting_callback_fails_only_this_test(after_inline):
+    app.test_client().get("/stop", buffered=True)
+
+def test_queue_on_the_background_runner():
+    other.test_client().get("/broken", buffered=True)  # waits for the gate
+
+def test_background_failure_is_not_blamed_on_an_inline_test(after_inline, after_wait):
+    gate.set()
+    after_wait(timeout=5)  # the background callback fails while this test runs
+
+def test_session_goes_on():
+    pass
+""",
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(
+        ["FAILED test_app.py::test_interrupting_callback_fails_only_this_test*"]
+    )
+    result.stdout.fnmatch_lines(["*A callback raised KeyboardInterrupt()*"])

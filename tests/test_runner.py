@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import serve
 from wsgi_after import AfterMiddleware, InlineRunner, RunnerStats, ThreadRunner, after
-from wsgi_after._droplog import DropLog
+from wsgi_after.losslog import LossLog
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -48,11 +48,13 @@ def test_submit_runs_on_named_worker_threads(runner: ThreadRunner) -> None:
     assert names[0].startswith("test-runner-")
 
 
-def test_threads_start_lazily() -> None:
+def test_threads_start_when_tasks_need_them() -> None:
     runner = ThreadRunner(max_workers=3, name="lazy")
     assert not [th for th in threading.enumerate() if th.name.startswith("lazy-")]
     runner.submit(lambda: None)
     assert runner.wait_idle(5)
+    assert [th.name for th in threading.enumerate() if th.name.startswith("lazy-")] == ["lazy-0"]
+    runner.start()
     assert sorted(th.name for th in threading.enumerate() if th.name.startswith("lazy-")) == [
         "lazy-0",
         "lazy-1",
@@ -139,7 +141,7 @@ def test_queue_full_drop_logs_every_callback_by_name(log: pytest.LogCaptureFixtu
     assert (
         messages
         == [
-            "Dropped callback 'tests.test_runner.notify_customer' queued by 'GET /b':"
+            "Callback 'tests.test_runner.notify_customer' queued by 'GET /b' was not run:"
             " the queue is full (max_pending=1).",
         ]
         * 2
@@ -155,28 +157,28 @@ def notify_customer(n: int) -> None:
 
 
 def test_drop_log_names_the_first_then_counts(log: pytest.LogCaptureFixture) -> None:
-    drops = DropLog("full.", burst=2, interval=60)
+    drops = LossLog("full.", burst=2, interval=60)
     for i in range(5):
         drops.record(["mod.a", "mod.b"] if i % 2 else ["mod.a"], f"GET /{i}")
     drops.close()
     messages = [r.getMessage() for r in log.records]
     assert messages == [
-        "Dropped callback 'mod.a' queued by 'GET /0': full.",
-        "Dropped callback 'mod.a' queued by 'GET /1': full.",
-        "Dropped 5 more callbacks in the last 60.0 s: 'mod.a' x3, 'mod.b' x2 (full.)",
+        "Callback 'mod.a' queued by 'GET /0' was not run: full.",
+        "Callback 'mod.a' queued by 'GET /1' was not run: full.",
+        "5 more callbacks were not run in the last 60.0 s: 'mod.a' x3, 'mod.b' x2 (full.)",
     ]
 
 
 def test_drop_log_summarises_each_interval_by_itself(log: pytest.LogCaptureFixture) -> None:
-    drops = DropLog("full.", burst=1, interval=0.05)
+    drops = LossLog("full.", burst=1, interval=0.05)
     drops.record(["mod.a", "mod.a", "mod.a"], "GET /")
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and len(log.records) < 2:
         time.sleep(0.01)
     drops.close()
     assert [r.getMessage() for r in log.records][:2] == [
-        "Dropped callback 'mod.a' queued by 'GET /': full.",
-        "Dropped 2 more callbacks in the last 0.1 s: 'mod.a' x2 (full.)",
+        "Callback 'mod.a' queued by 'GET /' was not run: full.",
+        "2 more callbacks were not run in the last 0.1 s: 'mod.a' x2 (full.)",
     ]
 
 
@@ -206,7 +208,7 @@ def test_shutdown_timeout_logs_what_did_not_run(log: pytest.LogCaptureFixture) -
     errors = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
     assert errors[0] == (
         "Callback 'tests.test_runner.notify_customer' queued by 'GET /late' was not run:"
-        " 'wsgi-after' shut down before its turn (drain timeout 0.1 s)."
+        " 'wsgi-after' shut down before its turn (it drained for 0.1 s)."
     )
     assert "were still running when 'wsgi-after' shut down" in errors[1]
     assert runner.stats().dropped == 1
@@ -305,3 +307,160 @@ def test_interpreter_exit_stops_at_drain_timeout_and_names_the_rest() -> None:
     assert len(not_run) == 2
     assert len(cut_off) == 2
     assert all("'__main__.slow'" in line for line in not_run + cut_off)
+
+
+# --- Hardening (issue 9) ------------------------------------------------------------
+
+
+def test_a_thread_that_cannot_start_is_logged_and_later_submits_retry(
+    monkeypatch: pytest.MonkeyPatch, log: pytest.LogCaptureFixture
+) -> None:
+    runner = ThreadRunner(max_workers=2, on_full="block", drain_timeout=5, name="nothreads")
+    real_start = threading.Thread.start
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    ran: list[str] = []
+    runner.submit(lambda: ran.append(threading.current_thread().name))  # must not hang
+    assert ran == [threading.current_thread().name]  # run in the submitting thread
+    assert [r.getMessage() for r in log.records if r.levelname == "ERROR"] == [
+        "'nothreads' could not start a worker thread (can't start new thread); its tasks"
+        " run in the submitting threads until one starts."
+    ]
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    done = threading.Event()
+    runner.submit(done.set)  # tries again
+    assert done.wait(5)
+    assert runner.wait_idle(5)
+    assert runner.shutdown(5) is True  # no "cannot join thread before it is started"
+
+
+def test_a_worker_never_blocks_on_its_own_full_queue(log: pytest.LogCaptureFixture) -> None:
+    runner = ThreadRunner(max_workers=1, max_pending=1, on_full="block", drain_timeout=5)
+    ran: list[str] = []
+    queued = threading.Event()
+
+    def inner() -> None:
+        ran.append("inner")
+
+    def outer() -> None:
+        runner.submit(lambda: ran.append("filler"))  # fills the queue
+        queued.set()
+        runner.submit(inner)  # full, and only this worker could empty it
+
+    runner.submit(outer)
+    assert queued.wait(5)
+    assert runner.wait_idle(5)  # no deadlock
+    assert ran == ["inner", "filler"]
+    assert [r.getMessage() for r in log.records if r.levelname == "WARNING"] == [
+        "A callback on 'wsgi-after' queued a request while its queue was full; its callbacks"
+        " run in that worker instead of waiting for room, which would wait for itself"
+        " (logged once)."
+    ]
+    runner.shutdown(5)
+
+
+@pytest.mark.parametrize("method", ["wait_idle", "shutdown"])
+def test_waiting_on_the_runner_from_its_own_callback_raises(method: str) -> None:
+    runner = ThreadRunner(max_workers=1, drain_timeout=5)
+    errors: list[BaseException] = []
+
+    def waits() -> None:
+        try:
+            getattr(runner, method)()
+        except RuntimeError as e:
+            errors.append(e)
+
+    runner.submit(waits)
+    assert runner.wait_idle(5)
+    assert [str(e) for e in errors] == [
+        f"'{method}()' was called from a callback running on 'wsgi-after', and would wait"
+        " for that callback itself. Call it from outside the runner's callbacks (a test, a"
+        " shutdown hook)."
+    ]
+    runner.shutdown(5)
+
+
+def test_timeouts_take_inf_and_refuse_nan() -> None:
+    runner = ThreadRunner(drain_timeout=float("inf"))
+    assert runner.wait_idle(timeout=float("inf")) is True
+    runner.submit(lambda: None)
+    assert runner.shutdown() is True  # inf: waits without limit (no OverflowError)
+    with pytest.raises(ValueError, match="'drain_timeout' must be a number of seconds"):
+        ThreadRunner(drain_timeout=float("nan"))
+    with pytest.raises(ValueError, match="'timeout' must be a number of seconds"):
+        runner.wait_idle(timeout=float("nan"))
+    with pytest.raises(ValueError, match="'timeout' must be a number of seconds"):
+        runner.shutdown(timeout=-1)
+
+
+def test_shutdown_logs_lost_callbacks_aggregated(log: pytest.LogCaptureFixture) -> None:
+    runner, _, release = blocked_runner("block", max_pending=200)
+    for _ in range(200):
+        runner.submit(quick_task)
+    assert runner.shutdown(timeout=0.05) is False
+    release.set()
+    errors = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    named = [e for e in errors if e.startswith("Callback 'tests.test_runner.quick_task'")]
+    summary = [e for e in errors if "more callbacks were not run" in e]
+    assert len(named) == 5  # the first few by name...
+    assert len(summary) == 1  # ...then one line of counts
+    assert summary[0].startswith("195 more callbacks were not run in the last 10.0 s:")
+    assert "'tests.test_runner.quick_task' x195" in summary[0]
+    assert runner.stats().dropped == 200
+
+
+def quick_task() -> None:
+    pass
+
+
+def test_blocked_submitters_are_woken_when_room_appears() -> None:
+    # No polling: a worker taking a task wakes a blocked submitter at once.
+    runner, _, release = blocked_runner("block", max_pending=1)
+    runner.submit(quick_task)  # fills the queue
+    returned = threading.Event()
+
+    def submit_then_tell() -> None:
+        runner.submit(quick_task)
+        returned.set()
+
+    threading.Thread(target=submit_then_tell).start()
+    deadline = time.monotonic() + 5
+    while runner._blocked == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert runner._blocked == 1
+    release.set()
+    assert returned.wait(0.5)  # well under the 1 s polling period of old
+    assert runner.wait_idle(5)
+    runner.shutdown(5)
+
+
+def test_threads_end_when_the_runner_is_freed() -> None:
+    import gc
+
+    runner = ThreadRunner(max_workers=2, name="freed")
+    runner.start()
+    threads = [th for th in threading.enumerate() if th.name.startswith("freed-")]
+    assert len(threads) == 2
+    del runner
+    gc.collect()
+    for thread in threads:
+        thread.join(5)
+    assert not any(th.is_alive() for th in threads)
+
+
+def test_idle_threads_end_and_come_back() -> None:
+    runner = ThreadRunner(max_workers=2, idle_timeout=0.05, name="idle")
+    runner.start()
+    threads = [th for th in threading.enumerate() if th.name.startswith("idle-")]
+    for thread in threads:
+        thread.join(5)
+    assert not any(th.is_alive() for th in threads)
+    done = threading.Event()
+    runner.submit(done.set)
+    assert done.wait(5)
+    assert runner.wait_idle(5)
+    assert runner.stats().completed == 1
+    runner.shutdown(5)

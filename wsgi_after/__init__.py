@@ -12,26 +12,38 @@
     app = AfterMiddleware(app)
 """
 
+from ._chain import Chain as Chain
 from ._chain import Outcome as Outcome
 from ._chain import OutsideRequestError as OutsideRequestError
 from ._chain import after as after
+from ._chain import current_chain as current_chain
 from ._chain import outcome as outcome
+from ._chain import override_runner as override_runner
+from .lifecycle import shutdown as shutdown_runners
+from .lifecycle import start as start_runners
 from .middleware import AfterMiddleware as AfterMiddleware
 from .runner import InlineRunner as InlineRunner
 from .runner import Runner as Runner
 from .runner import RunnerStats as RunnerStats
+from .runner import Task as Task
 from .runner import ThreadRunner as ThreadRunner
 from .sigterm import exit_on_sigterm as exit_on_sigterm
 
 __all__ = [
     "AfterMiddleware",
+    "Chain",
     "InlineRunner",
     "Outcome",
     "OutsideRequestError",
     "Runner",
     "RunnerStats",
+    "Task",
     "ThreadRunner",
     "after",
+    "current_chain",
     "exit_on_sigterm",
     "outcome",
+    "override_runner",
+    "shutdown_runners",
+    "start_runners",
 ]

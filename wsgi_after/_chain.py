@@ -1,65 +1,97 @@
 """One request's callbacks: :class:`Chain`, :func:`after` and :func:`outcome`.
 
 :class:`~wsgi_after.AfterMiddleware` makes a :class:`Chain` for every request and
-makes it *current* (a :class:`~contextvars.ContextVar`, and
-``environ["wsgi_after.chain"]``). :func:`after` appends to the current chain; the
-chain is also the response wrapper, so when the server closes the response
-:meth:`Chain.on_close` hands it to the runner, which later calls the chain to run
-the callbacks in order::
+makes it *current* (the :data:`CURRENT` context variable, and
+``environ["wsgi_after.chain"]``) until the response is closed. :func:`after`
+appends to the current chain; the chain is also the response wrapper, so when
+the server closes the response :meth:`Chain.on_close` hands it to the runner,
+which later calls the chain to run the callbacks in order::
 
     from wsgi_after import after
 
     def view(environ, start_response):
         after(send_audit_log, environ["PATH_INFO"])
         ...
+
+A chain moves through four states: OPEN while the request runs (``after()``
+appends), QUEUED once handed to the runner, RUNNING while its callbacks run (a
+callback may append more, from its own thread), DONE. Appending and handing
+over take one lock, so an ``after()`` from another thread either lands in the
+chain or raises, never accepted and lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import contextvars
+import inspect
 import logging
 import threading
+import time
 import typing as t
 from types import CoroutineType
 
+from . import events, lifecycle
 from ._response import ClosingResponse, SizedMixin
+from .losslog import LossLog
+from .naming import callback_name, describe_request, method_and_path
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-    from .runner import Runner
+    from .runner import Submits
 
 P = t.ParamSpec("P")
 R = t.TypeVar("R")
 
 logger = logging.getLogger("wsgi_after")
 
-_current: contextvars.ContextVar[Chain | None] = contextvars.ContextVar(
+#: The chain of the request being handled in this context. The middleware sets it
+#: and the chain resets it when the response closes; integrations read it through
+#: :func:`current_chain`.
+CURRENT: contextvars.ContextVar[Chain | None] = contextvars.ContextVar(
     "wsgi_after.chain", default=None
 )
 
-#: Set by the pytest plugin's ``after_inline`` fixture: every chain runs on it.
-forced_runner: Runner | None = None
+#: How many callbacks one request may queue, nested ones included, by default.
+#: A callback that queues itself again would otherwise grow without bound.
+MAX_CALLBACKS = 1000
 
 # Chain states. A chain accepts callbacks while OPEN (the request runs) and while
-# RUNNING (a callback queues another); QUEUED and DONE refuse them.
+# RUNNING (a callback queues another, in the running thread); QUEUED and DONE refuse.
 OPEN, QUEUED, RUNNING, DONE = range(4)
+
+# Taken by after() and by the hand-over in on_close(): a callback is appended
+# while the chain is OPEN, or refused; never appended after the runner took it.
+_handover = threading.Lock()
+
+_forced_runner: Submits | None = None
+
+_never_closed = LossLog(
+    "the server never called close() on the response (PEP 3333), so it cannot be known"
+    " that the response was sent; the callbacks are not run. Use a server or gateway"
+    " that closes responses, or close the iterable in the middleware that consumes it."
+)
 
 
 class OutsideRequestError(RuntimeError):
-    """:func:`after` was called while no request handled by the middleware is current."""
+    """:func:`after` was called while no open request handled by the middleware is current."""
 
 
 class Outcome(t.NamedTuple):
     """How the request that queued a callback ended, as :func:`outcome` reports it."""
 
-    #: The status code given to ``start_response``, or None if it was never called.
+    #: The status code the client got from ``start_response``, or None if it was never called.
     status: int | None
     #: False when the body was not fully sent (client disconnect, error while iterating).
     completed: bool
     #: The exception the app or its response iterable raised, else None.
     error: BaseException | None
+
+
+Callback = tuple[t.Any, tuple[t.Any, ...], dict[str, t.Any], contextvars.Context]
 
 
 class Chain(ClosingResponse):
@@ -70,26 +102,40 @@ class Chain(ClosingResponse):
     the chain to its runner. Calling the chain then runs every callback in
     registration order, each inside the context that was current when
     :func:`after` queued it, and inside :attr:`scope` when an integration set
-    one. A callback that raises is logged on the ``wsgi_after`` logger with its
-    name and the request's method and path; the rest still run. Calling the
-    chain never raises; it returns False when any callback failed, which the
-    runner counts.
+    one.
+
+    Error policy: a callback that raises anything, :class:`BaseException`
+    included, is logged on the ``wsgi_after`` logger with its name and the
+    request's method and path, and the rest still run. Calling the chain
+    returns False when a callback failed; it raises only the first
+    :class:`KeyboardInterrupt` or :class:`SystemExit` a callback raised, after
+    the rest ran, so that a runner running it in the server's own thread can
+    pass it on. A chain freed while still open (the server never called
+    ``close()``) logs its callbacks by name at ERROR and does not run them.
     """
 
     __slots__ = (
         "_start_response",
         "callbacks",
+        "closed_at",
         "environ",
+        "max_callbacks",
+        "notes",
         "runner",
         "scope",
         "started",
         "state",
         "status",
         "thread",
+        "token",
     )
 
     def __init__(
-        self, environ: WSGIEnvironment, runner: Runner, start_response: StartResponse
+        self,
+        environ: WSGIEnvironment,
+        runner: Submits,
+        start_response: StartResponse,
+        max_callbacks: int = MAX_CALLBACKS,
     ) -> None:
         # ClosingResponse's fields (it has no __init__: a Python call less per request).
         self._inner = ()
@@ -97,16 +143,16 @@ class Chain(ClosingResponse):
         self.completed = False
         self.error = None
         self.file_response = None
-        #: ``(func, args, kwargs, context)`` tuples, in registration order.
-        self.callbacks: list[
-            tuple[t.Any, tuple[t.Any, ...], dict[str, t.Any], contextvars.Context]
-        ] = []
-        #: The request's environ until the chain is done (None after).
+        #: ``(func, args, kwargs, context)`` tuples in registration order; an entry
+        #: becomes None once it has run, so that its arguments are freed.
+        self.callbacks: list[Callback | None] = []
+        #: The request's environ; a snapshot of it once the server closed the
+        #: response (servers may clear and reuse theirs); None once done.
         self.environ: WSGIEnvironment | None = environ
         #: Where :meth:`on_close` submits the chain.
         self.runner = runner
         self._start_response: StartResponse | None = start_response
-        #: The status line given to ``start_response``.
+        #: The status line the server accepted from ``start_response``.
         self.status: str | None = None
         #: Integrations' seam: a factory of the context manager entered around each
         #: callback (the Flask extension pushes the request context with it).
@@ -116,15 +162,31 @@ class Chain(ClosingResponse):
         self.started = 0
         #: The thread running the callbacks, while RUNNING.
         self.thread = 0
+        #: The :data:`CURRENT` token to reset when the response closes.
+        self.token: contextvars.Token[Chain | None] | None = None
+        self.max_callbacks = max_callbacks
+        #: ``time.monotonic()`` at close, for the events' queue delay (only while
+        #: someone listens).
+        self.closed_at = 0.0
+        #: Bit flags: what was already logged once for this chain, and whether a
+        #: callback's scope is being torn down.
+        self.notes = 0
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
     ) -> t.Callable[[bytes], object]:
-        """The ``start_response`` the app gets: records the status, then passes through."""
-        self.status = status
+        """The ``start_response`` the app gets: passes through, then records the status.
+
+        The status is recorded only once the server accepted it: a call with
+        ``exc_info`` after the headers were sent raises in the server, and the
+        client still got the first status.
+        """
         if exc_info is None:  # called as the app called us: with two arguments or three
-            return self._start_response(status, headers)  # type: ignore[misc]
-        return self._start_response(status, headers, exc_info)  # type: ignore[misc]
+            write = self._start_response(status, headers)  # type: ignore[misc]
+        else:
+            write = self._start_response(status, headers, exc_info)  # type: ignore[misc]
+        self.status = status
+        return write
 
     def outcome(self) -> Outcome:
         """The request's :class:`Outcome` as recorded so far."""
@@ -133,109 +195,267 @@ class Chain(ClosingResponse):
         return Outcome(code, self.completed, self.error)
 
     def method_and_path(self) -> tuple[str, str]:
-        """The request's method and full path (``SCRIPT_NAME + PATH_INFO``)."""
-        environ = self.environ or {}
-        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        return environ.get("REQUEST_METHOD", "?"), path or "/"
+        """The request's method and full path (``SCRIPT_NAME + PATH_INFO``), unescaped."""
+        return method_and_path(self.environ or {})
 
     def describe(self) -> str:
-        """``METHOD /path`` of the request, for log messages."""
+        """``METHOD /path`` of the request, escaped for log lines."""
         if self.environ is None:
             return "a finished request"
-        return "{} {}".format(*self.method_and_path())
+        return describe_request(self.environ)
 
     def callback_names(self) -> list[str]:
         """The names of the callbacks not yet run or running, for drop and shutdown logs."""
-        return [callback_name(c[0]) for c in self.callbacks[self.started :]]
+        return [callback_name(c[0]) for c in self.callbacks[self.started :] if c is not None]
 
     def discard(self) -> None:
         """Forget the callbacks without running them (after they were logged as lost)."""
-        for func, *_ in self.callbacks:
-            if type(func) is CoroutineType:
-                func.close()  # no "never awaited" warning for a coroutine we dropped
+        for entry in self.callbacks:
+            if entry is not None and type(entry[0]) is CoroutineType:
+                entry[0].close()  # no "never awaited" warning for a coroutine we dropped
         self._release()
 
     def __call__(self) -> bool:
         self.thread = threading.get_ident()
         self.state = RUNNING
+        request = self.describe()  # before anything is released
+        generation = lifecycle.generation
+        callbacks = self.callbacks
+        scope = self.scope
+        observed = bool(events.listeners)
+        if observed:
+            method, path = self.method_and_path()
+        interrupt: BaseException | None = None
         ok = True
+        i = 0
         try:
-            # A list iterator sees what a running callback appends (nested after()).
-            for i, (func, args, kwargs, ctx) in enumerate(self.callbacks):
+            while i < len(callbacks):  # sees what a running callback appends
                 self.started = i
+                func, args, kwargs, ctx = callbacks[i]  # type: ignore[misc]
+                self.notes &= ~_TEARDOWN
                 try:
-                    if self.scope is None:
+                    if observed:
+                        ctx.run(_call_observed, self, scope, func, args, kwargs, method, path)
+                    elif scope is None:
                         ctx.run(_call, func, args, kwargs)
                     else:  # entered inside the snapshot, so what it sets is what func sees
-                        ctx.run(_call_in_scope, self.scope, func, args, kwargs)
-                except Exception:
+                        ctx.run(_call_in_scope, self, scope, func, args, kwargs)
+                except BaseException as e:
+                    if lifecycle.generation != generation:
+                        raise  # a forked child leaving: never run the parent's callbacks
                     ok = False
                     logger.error(
-                        "Callback '%s' queued by '%s' raised.",
+                        "Callback '%s' queued by '%s' raised %s.",
                         callback_name(func),
-                        self.describe(),
+                        request,
+                        type(e).__name__,
                         exc_info=True,
                     )
+                    if interrupt is None and isinstance(e, (KeyboardInterrupt, SystemExit)):
+                        interrupt = e
+                if lifecycle.generation != generation:
+                    return ok  # a forked child that returned from the callback
+                callbacks[i] = func = args = kwargs = ctx = None
+                i += 1
         finally:
-            self._release()
+            if lifecycle.generation == generation:
+                self._release()
+        if interrupt is not None:
+            try:
+                raise interrupt
+            finally:
+                interrupt = None
         return ok
 
     def _release(self) -> None:
-        # environ["wsgi_after.chain"] refers to this chain: break the cycle so that
+        # Drop everything the request held (body, file, error, environ) now, not at
+        # this thread's next request; environ["wsgi_after.chain"] refers to this
+        # chain, and an error's traceback may too: break those cycles, so that
         # reference counting, not the garbage collector, frees the request.
         self.state = DONE
         self.callbacks = []
         self.environ = self.scope = self._start_response = None
+        self._inner = ()
+        self.file_response = self.error = None
 
     def on_close(self) -> None:
         """The server closed the response: hand the callbacks to the runner, once."""
-        if self.state != OPEN:
-            return
-        # The request's thread keeps this chain as current until its next request: a
-        # finished chain refuses after() there (see _in_callback).
-        if not self.callbacks:  # most requests: drop the references at once
-            self.state = DONE
+        with _handover:
+            if self.state != OPEN:
+                return
+            pending = bool(self.callbacks)
+            self.state = QUEUED if pending else DONE
+        token = self.token
+        if token is not None:
+            self.token = None
+            # Closed from another thread: that context keeps a finished chain.
+            with contextlib.suppress(ValueError):
+                CURRENT.reset(token)
+        if not pending:  # most requests: drop the references at once
             self.environ = self._start_response = None
+            self._inner = ()
+            self.file_response = self.error = None
             return
-        self.state = QUEUED
+        environ = self.environ
+        if environ is not None:
+            # Servers may clear and reuse the environ dict once close() returns
+            # (uWSGI's default): callbacks see a snapshot of their own request.
+            self.environ = dict(environ)
+        self._start_response = None
+        if events.listeners:
+            self.closed_at = time.monotonic()
+        runner = _forced_runner or self.runner
         try:
-            (forced_runner or self.runner).submit(self)
-        except Exception:
+            result = runner.submit(self)
+        except BaseException as e:
+            if self.state != QUEUED:  # it ran here and passed on an interrupt, logged
+                raise
             logger.error(
                 "Callbacks %s queued by '%s' were not run: %r refused them.",
                 self.callback_names(),
                 self.describe(),
-                self.runner,
+                runner,
                 exc_info=True,
             )
             self.discard()
+            if not isinstance(e, Exception):
+                raise
+            return
+        if isinstance(result, concurrent.futures.Future):
+            result.add_done_callback(_FutureWatch(self.callback_names(), self.describe()))
+
+    def __del__(self) -> None:
+        if self.state == OPEN and self.callbacks:
+            names = self.callback_names()
+            _never_closed.record(names, self.describe())
+            if events.listeners:
+                events.emit_each("never_closed", names, *self.method_and_path())
+            self.discard()
+
+
+# Chain.notes bits.
+_TEARDOWN = 1  # the running callback returned; its scope is being torn down
+_WARNED_CAP = 2  # the per-request cap was logged inside a callback
+_WARNED_TEARDOWN = 4  # after() from a scope's teardown was logged
+
+
+class _FutureWatch:
+    """Logs what a :class:`concurrent.futures.Future` reports for a chain."""
+
+    __slots__ = ("names", "request")
+
+    def __init__(self, names: list[str], request: str) -> None:
+        self.names = names
+        self.request = request
+
+    def __call__(self, future: concurrent.futures.Future[object]) -> None:
+        if future.cancelled():
+            logger.error(
+                "Callbacks %s queued by '%s' were not run: the executor cancelled them.",
+                self.names,
+                self.request,
+            )
+            return
+        error = future.exception()
+        if error is not None and not isinstance(error, (KeyboardInterrupt, SystemExit)):
+            logger.error(
+                "Callbacks %s queued by '%s': the executor reported an error.",
+                self.names,
+                self.request,
+                exc_info=error,
+            )
 
 
 def _call(func: t.Any, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> None:
-    """Call a callback; run a coroutine (given, or returned) to completion."""
-    result = asyncio.run(func) if type(func) is CoroutineType else func(*args, **kwargs)
+    """Call a callback; run an awaitable (given, or returned) to completion."""
+    if type(func) is CoroutineType:
+        asyncio.run(func)
+        return
+    result = func(*args, **kwargs)
+    if result is None:
+        return
     if type(result) is CoroutineType:
         asyncio.run(result)
+    elif inspect.isawaitable(result):
+        asyncio.run(_await(result))
+    elif inspect.isasyncgen(result):
+        raise TypeError(
+            f"'{callback_name(func)}' returned an async generator, which cannot be run"
+            " to completion. Queue a coroutine function instead."
+        )
+
+
+async def _await(awaitable: t.Awaitable[object]) -> None:
+    await awaitable
 
 
 def _call_in_scope(
+    chain: Chain,
     scope: t.Callable[[], t.ContextManager[object]],
     func: t.Any,
     args: tuple[t.Any, ...],
     kwargs: dict[str, t.Any],
 ) -> None:
     with scope():
-        _call(func, args, kwargs)
+        try:
+            _call(func, args, kwargs)
+        finally:
+            chain.notes |= _TEARDOWN
 
 
-def callback_name(func: object) -> str:
-    """``module.qualname`` of a callback (its type's for other callables)."""
-    name = getattr(func, "__qualname__", None)
-    if name is None:
-        func = type(func)
-        name = func.__qualname__
-    module = getattr(func, "__module__", None)
-    return f"{module}.{name}" if module else str(name)
+def _call_observed(
+    chain: Chain,
+    scope: t.Callable[[], t.ContextManager[object]] | None,
+    func: t.Any,
+    args: tuple[t.Any, ...],
+    kwargs: dict[str, t.Any],
+    method: str,
+    path: str,
+) -> None:
+    """:func:`_call` (in ``scope`` when given) between "started" and "finished" or
+    "failed" events, emitted inside the callback's context."""
+    name = callback_name(func)
+    delay = time.monotonic() - chain.closed_at if chain.closed_at else None
+    events.emit(events.CallbackEvent("started", name, method, path, delay))
+    started = time.perf_counter()
+    try:
+        if scope is None:
+            _call(func, args, kwargs)
+        else:
+            _call_in_scope(chain, scope, func, args, kwargs)
+    except BaseException as e:
+        run_time = time.perf_counter() - started
+        events.emit(events.CallbackEvent("failed", name, method, path, delay, run_time, e))
+        raise
+    run_time = time.perf_counter() - started
+    events.emit(events.CallbackEvent("finished", name, method, path, delay, run_time))
+
+
+def current_chain() -> Chain | None:
+    """The chain of the request handled in this context, or of the callback running
+    in this thread; None elsewhere (and once the response is closed)."""
+    chain = CURRENT.get()
+    if chain is None or not (chain.state == OPEN or _in_callback(chain)):
+        return None
+    return chain
+
+
+@contextlib.contextmanager
+def override_runner(runner: Submits) -> t.Iterator[Submits]:
+    """Send every chain that closes while the block runs to ``runner``.
+
+    Process-wide, for tests (the pytest plugin's ``after_inline`` fixture runs
+    every request's callbacks inline with it)::
+
+        with override_runner(InlineRunner()):
+            client.get("/signup")
+    """
+    global _forced_runner
+    previous, _forced_runner = _forced_runner, runner
+    try:
+        yield runner
+    finally:
+        _forced_runner = previous
 
 
 @t.overload
@@ -248,43 +468,121 @@ def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
     The callback runs on the runner (a worker thread by default), after the
     server has sent the response and closed it, in the order of the ``after()``
     calls and inside a copy of the :mod:`contextvars` context current now. A
-    coroutine function, or a coroutine object, runs to completion there on its
-    own event loop. Called from inside a running callback, it appends to the
-    same request's chain. Returns ``func``, so ``@after`` over a function with no
-    parameters queues it and leaves the name bound to it.
+    coroutine function, a coroutine object, or a function returning an
+    awaitable runs to completion there on its own event loop. Called from
+    inside a running callback, it appends to the same request's chain. Returns
+    ``func``, so ``@after`` over a function with no parameters queues it and
+    leaves the name bound to it.
 
     Error policy: if the callback raises, the error is logged on the
     ``wsgi_after`` logger with the callback's name and the request's method and
-    path, and the request's remaining callbacks still run.
+    path, and the request's remaining callbacks still run. One request may
+    queue at most ``max_callbacks`` callbacks (1000 by default); past that,
+    ``after()`` raises in the request, and inside a callback it is refused
+    with one ERROR line. ``after()`` from the teardown of a callback's own
+    context (Flask's ``teardown_request`` runs after every callback) is ignored,
+    logged once at DEBUG: it would queue itself for ever.
 
     :param func: a callable, or a coroutine object (then without arguments).
-    :raises TypeError: if ``func`` is neither callable nor a coroutine, or the
-        runner cannot take it (:class:`~wsgi_after.celery.CeleryRunner` needs
-        importable callbacks with serializable arguments).
+    :raises TypeError: if ``func`` is neither callable nor a coroutine, is an
+        async generator function, or the runner cannot take it
+        (:class:`~wsgi_after.celery.CeleryRunner` needs importable callbacks
+        with serializable arguments).
     :raises OutsideRequestError: if no request handled by
-        :class:`~wsgi_after.AfterMiddleware` is current.
+        :class:`~wsgi_after.AfterMiddleware` is current here, or its response
+        was already closed.
+    :raises RuntimeError: if the request already queued ``max_callbacks``.
     """
-    chain = _current.get()
     if not callable(func):
         if type(func) is not CoroutineType:
             raise TypeError(
                 f"'after()' needs a callable or a coroutine, got {type(func).__name__!r}."
             )
         if args or kwargs:
+            func.close()
             raise TypeError(
                 "'after()' got arguments for a coroutine object. Pass the coroutine"
                 " function and its arguments instead: 'after(func, *args)'."
             )
-    if chain is None or (chain.state != OPEN and not _in_callback(chain)):
-        raise OutsideRequestError(
-            "'after()' was called outside a request handled by 'AfterMiddleware'."
-            " Wrap the WSGI app with 'AfterMiddleware' or call 'After.init_app(app)'."
+    elif inspect.isasyncgenfunction(func):
+        raise TypeError(
+            f"'after()' cannot run the async generator function '{callback_name(func)}'"
+            " to completion. Queue a coroutine function ('async def' with no 'yield')."
         )
-    check = getattr(chain.runner, "check_callback", None)
-    if check is not None:  # a runner that sends callbacks elsewhere (CeleryRunner)
-        check(func, args, kwargs)
-    chain.callbacks.append((func, args, kwargs, contextvars.copy_context()))
-    return func if type(func) is not CoroutineType else None
+    chain = CURRENT.get()
+    try:
+        if chain is None:
+            raise OutsideRequestError(
+                "'after()' was called outside a request handled by 'AfterMiddleware'."
+                " Wrap the WSGI app with 'AfterMiddleware' (Flask: 'After(app)'); in a"
+                " thread started by the view, run the thread's function in a copy of the"
+                " request's context: 'contextvars.copy_context().run(func)'."
+            )
+        check = getattr(chain.runner, "check_callback", None)
+        if check is not None:  # a runner that sends callbacks elsewhere (CeleryRunner)
+            check(func, args, kwargs)
+        entry = (func, args, kwargs, contextvars.copy_context())
+        with _handover:
+            state = chain.state
+            inside = state == RUNNING and chain.thread == threading.get_ident()
+            if state == OPEN or inside:
+                if inside and chain.notes & _TEARDOWN:
+                    refused = _TEARDOWN
+                elif len(chain.callbacks) >= chain.max_callbacks:
+                    refused = _WARNED_CAP
+                else:
+                    chain.callbacks.append(entry)
+                    refused = -1
+            else:
+                refused = 0
+        if refused == -1:
+            if events.listeners:
+                name = callback_name(func)
+                events.emit(events.CallbackEvent("queued", name, *chain.method_and_path()))
+            return func if type(func) is not CoroutineType else None
+        if refused == 0:
+            raise OutsideRequestError(
+                f"'after()' was called for '{chain.describe()}' after its response was"
+                " closed and its callbacks handed to the runner. Call 'after()' before the"
+                " response is closed: in the view, or while the server iterates its body."
+            )
+        if refused == _WARNED_CAP and not inside:
+            raise RuntimeError(
+                f"'after()' was called more than {chain.max_callbacks} times for"
+                f" '{chain.describe()}'. Queue fewer callbacks (one that loops over the"
+                " items), or raise 'AfterMiddleware(max_callbacks=...)'."
+            )
+        _refuse_inside(chain, func, refused)
+        return func if type(func) is not CoroutineType else None
+    except BaseException:
+        if type(func) is CoroutineType:
+            func.close()
+        raise
+
+
+def _refuse_inside(chain: Chain, func: t.Any, reason: int) -> None:
+    """Log, once per chain, that ``after()`` inside a callback was refused."""
+    if type(func) is CoroutineType:
+        func.close()
+    warned = _WARNED_TEARDOWN if reason == _TEARDOWN else _WARNED_CAP
+    if chain.notes & warned:
+        return
+    chain.notes |= warned
+    if reason == _TEARDOWN:
+        logger.debug(
+            "Ignored 'after(%s)' from the teardown of a callback's context for '%s':"
+            " teardown runs after every callback, so it would queue itself for ever.",
+            callback_name(func),
+            chain.describe(),
+        )
+    else:
+        logger.error(
+            "Refused 'after(%s)' inside a callback for '%s': the request already queued"
+            " %d callbacks (max_callbacks); this and further ones are not run.",
+            callback_name(func),
+            chain.describe(),
+            chain.max_callbacks,
+        )
 
 
 def outcome() -> Outcome | None:
@@ -293,7 +591,7 @@ def outcome() -> Outcome | None:
     Inside a callback it tells how the response ended: the status code, whether
     the body was fully sent, and the error the app raised, if any.
     """
-    chain = _current.get()
+    chain = CURRENT.get()
     if chain is None or not _in_callback(chain):
         return None
     return chain.outcome()

@@ -153,10 +153,10 @@ class FileWrapperHook:
         self.server_wrapper = server_wrapper
         self.current = current
 
-    def __call__(self, filelike: t.Any, *args: t.Any) -> t.Any:
+    def __call__(self, filelike: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
         response = self.current()
         if response is None:  # called outside the request (another thread): nothing to hook
-            return self.server_wrapper(filelike, *args)
-        result = self.server_wrapper(ClosingFile(filelike, response), *args)
+            return self.server_wrapper(filelike, *args, **kwargs)
+        result = self.server_wrapper(ClosingFile(filelike, response), *args, **kwargs)
         response.file_response = result
         return result

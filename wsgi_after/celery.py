@@ -6,52 +6,79 @@
     from wsgi_after import AfterMiddleware
     from wsgi_after.celery import CeleryRunner
 
-    celery_app = Celery("myapp", broker="redis://127.0.0.1:6379/0")
-    app = AfterMiddleware(app, runner=CeleryRunner(celery_app))
+    celery_app = Celery("shop", broker="redis://127.0.0.1:6379/0")
+    runner = CeleryRunner(celery_app, allow=["shop"])  # sets conf.wsgi_after_allow too
+    app = AfterMiddleware(app, runner=runner)
 
 Each request's chain is published as one message to the task
-``wsgi_after.run_chain``; a Celery worker runs the callbacks in order, logging
-each failure by name, with :func:`wsgi_after.outcome` working. Callbacks must be
-importable by module and qualified name (module-level functions or Celery
-tasks) and their arguments must serialize with the Celery app's serializer:
-:func:`wsgi_after.after` checks both at once, in the request, and raises
-:class:`TypeError` naming the fix. The :mod:`contextvars` of the request do not
-travel to the worker.
+``wsgi_after.run_chain`` (a shared task: every Celery app of a process that
+imports this module has it); a worker runs the callbacks in order, logging each
+failure by name, with :func:`wsgi_after.outcome` working.
 
-Publishing happens on a background thread, never in the request: while the
-broker is down, each message is retried with backoff until ``retry_window``
-seconds after it was queued; what still cannot be published is logged at ERROR
-with its whole payload (JSON, replayable). The worker must import a module that
-builds the :class:`CeleryRunner` (or calls :func:`register`) on its Celery app,
-so that the task is registered there.
+Safe by construction: a message names its callbacks, and the worker runs only
+Celery tasks registered on it and module-level plain functions of the modules
+its own configuration allows (``wsgi_after_allow``, never read from the message).
+Anything else is refused before it is imported: a writer to the broker cannot
+run ``os.system``. :func:`wsgi_after.after` refuses the same callbacks in the
+request, with a :class:`TypeError` naming the fix.
+
+The arguments are encoded with the app's serializer when ``after()`` is called,
+and what is sent is what they were then. A background thread publishes, never the
+request: while the broker is down each message is retried with backoff for
+``retry_window`` seconds. A message that cannot be published (queue full, broker
+unreachable, encoding error, shutdown) is logged by request and callback names
+only, never with its arguments, through the same aggregation as the thread
+runner's drops, and its payload goes to the ``dead_letter`` hook if one is set.
+The W3C trace context (``traceparent``) travels in the message headers when
+OpenTelemetry is installed.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextvars
+import dataclasses
 import importlib
-import json
+import inspect
 import logging
+import re
+import sys
 import threading
 import time
 import typing as t
-import weakref
 from types import CoroutineType
 
 import celery
 import kombu.exceptions
 import kombu.serialization
 
-from ._chain import Chain, _current, callback_name
+from . import lifecycle
+from ._chain import CURRENT, Chain, current_chain
+from .losslog import LossLog
+from .naming import callback_name, safe
 from .runner import ThreadRunner
+
+try:  # optional: the trace context travels only when OpenTelemetry is installed
+    from opentelemetry import context as otel_context
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    _propagator: TraceContextTextMapPropagator | None = TraceContextTextMapPropagator()
+except ImportError:  # pragma: no cover - depends on the environment
+    _propagator = None
 
 logger = logging.getLogger("wsgi_after")
 
+#: The Celery task that runs a request's callbacks on a worker.
 TASK_NAME = "wsgi_after.run_chain"
+#: The Celery configuration key listing the modules whose functions a worker may run.
+ALLOW_KEY = "wsgi_after_allow"
+#: The environ key under which a request's arguments wait, encoded, for publishing.
+SNAPSHOTS_KEY = "wsgi_after.celery.snapshots"
 
 # What a dead or unreachable broker raises when publishing.
 _BROKER_ERRORS = (kombu.exceptions.OperationalError, ConnectionError, OSError)
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_NAME = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]*")  # module level, not a dunder
+_TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 class RemoteError(Exception):
@@ -66,9 +93,24 @@ class RemoteError(Exception):
         self.message = message
 
 
-def register(celery_app: celery.Celery) -> t.Any:
-    """Register the ``wsgi_after.run_chain`` task on ``celery_app`` and return it."""
-    return celery_app.task(name=TASK_NAME, bind=True, ignore_result=True)(run_chain)
+@dataclasses.dataclass(frozen=True)
+class CeleryRunnerStats:
+    """A snapshot of a :class:`CeleryRunner`; counts are of messages (one per request)."""
+
+    #: Messages the broker accepted.
+    published: int
+    #: Publish attempts that failed on the broker and were tried again.
+    retried: int
+    #: Messages given up on after a publish attempt: broker unreachable for
+    #: ``retry_window`` seconds, or the message could not be encoded.
+    dead_lettered: int
+    #: Messages never tried: the publisher's queue was full, or it shut down first.
+    dropped: int
+    #: Messages waiting for the publisher.
+    queued: int
+
+
+DeadLetter = t.Callable[[dict[str, t.Any]], object]
 
 
 class CeleryRunner:
@@ -76,12 +118,24 @@ class CeleryRunner:
 
     :param celery_app: the Celery app whose broker and serializer to use.
     :param queue: the Celery queue to publish to (the app's default when None).
+    :param allow: names of the modules whose module-level functions may be sent
+        (their submodules too). Celery tasks are always allowed. When given, it
+        is stored as the app's ``wsgi_after_allow`` config key, which is what a
+        worker reads; when None, that key is used (no key: Celery tasks only).
+    :param dead_letter: called with the payload of each message that could not
+        be published (a JSON-able dict; ``celery_app.send_task("wsgi_after.run_chain",
+        args=[payload])`` replays it). None keeps payloads nowhere, and the log
+        lines say so.
     :param retry_window: seconds after queueing during which a message is retried
-        while the broker cannot be reached; then it is logged with its payload.
+        while the broker cannot be reached.
     :param max_pending: messages that may wait for the publisher; past that,
-        further ones are dropped and logged with their payload rather than
-        delaying responses.
+        further ones are dropped rather than delaying responses.
     :param drain_timeout: seconds to keep publishing at interpreter exit.
+
+    Error policy: nothing raises into the server. Every message not published is
+    logged at ERROR by request and callback names (the first ones of every 10 s
+    one line each, then counts by name), counted in :meth:`stats` and handed to
+    ``dead_letter``; its arguments never reach the log.
     """
 
     def __init__(
@@ -89,6 +143,8 @@ class CeleryRunner:
         celery_app: celery.Celery,
         queue: str | None = None,
         *,
+        allow: t.Iterable[str] | None = None,
+        dead_letter: DeadLetter | None = None,
         retry_window: float = 30.0,
         max_pending: int = 10_000,
         drain_timeout: float = 25.0,
@@ -99,22 +155,61 @@ class CeleryRunner:
             )
         if retry_window < 0:
             raise ValueError(f"'retry_window' must be at least 0, got {retry_window!r}.")
+        if dead_letter is not None and not callable(dead_letter):
+            raise TypeError(
+                "'dead_letter' must be a callable taking the payload, got"
+                f" {type(dead_letter).__name__!r}."
+            )
         self.celery_app = celery_app
         self.queue = queue
+        self.allow = _configure_allow(celery_app, allow)
+        self.dead_letter = dead_letter
         self.retry_window = float(retry_window)
-        self.task = register(celery_app)
+        self.max_pending = max_pending
+        self.drain_timeout = float(drain_timeout)
         self.serializer: str = celery_app.conf.task_serializer
         self._closing = threading.Event()
-        # One publishing thread keeps messages in order; it is a ThreadRunner, so the
-        # bound, the drop logging, fork safety and the drain at exit come with it.
+        # One publishing thread keeps messages in order; it is a ThreadRunner, so fork
+        # safety and the drain come with it. The bound is ours (see submit), so that
+        # drops are logged saying where their payload went.
         self._publisher = ThreadRunner(
             max_workers=1,
-            max_pending=max_pending,
+            max_pending=max_pending + 1,
             on_full="drop",
             drain_timeout=drain_timeout,
             name="wsgi-after-celery",
         )
-        _celery_runners.add(self)
+        lifecycle.unregister(self._publisher)  # drained by this runner, registered below
+        where = (
+            f"payload given to the dead_letter hook '{callback_name(dead_letter)}'"
+            if dead_letter is not None
+            else "payload kept nowhere (pass 'dead_letter' to 'CeleryRunner' to keep it)"
+        )
+        self._full_log = LossLog(
+            f"the Celery publisher's queue is full (max_pending={max_pending}); {where}."
+        )
+        self._shutdown_log = LossLog(
+            f"it was still queued when the Celery publisher shut down; {where}."
+        )
+        self._unreachable_log = LossLog(
+            f"the broker could not be reached within retry_window={self.retry_window:g} s; {where}."
+        )
+        self._encode_log = LossLog(
+            f"its message could not be encoded with the {self.serializer!r} serializer"
+            f" at publish; {where}."
+        )
+        self._error_log = LossLog(f"publishing it raised an unexpected error; {where}.")
+        self._reset()
+        lifecycle.register(self)
+
+    def _reset(self) -> None:
+        """The per-process state: at init, and in the child after ``fork()``."""
+        for log in self._logs():
+            log.reset()
+        self._lock = threading.Lock()
+        self._queued = self._published = self._retried = self._dead_lettered = 0
+        self._dropped = 0
+        self._broker_down = False  # the last attempt failed on the broker
 
     def __repr__(self) -> str:
         return f"<CeleryRunner {self.celery_app.main!r} queue={self.queue!r}>"
@@ -122,23 +217,22 @@ class CeleryRunner:
     def check_callback(
         self, func: t.Any, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
     ) -> None:
-        """Called by :func:`wsgi_after.after`: refuse what a worker could not run.
+        """Called by :func:`wsgi_after.after`: refuse what a worker would not run.
 
-        :raises TypeError: if ``func`` is not importable by module and qualified
-            name (nor a Celery task), or its arguments do not serialize.
+        The arguments are encoded and decoded with the app's serializer now, and
+        that copy is what gets published: mutating an argument after ``after()``
+        does not change what is sent.
+
+        :raises TypeError: if ``func`` is neither a Celery task nor a module-level
+            function of a module in ``allow``, or its arguments do not serialize.
         """
         name = callback_name(func)
-        _reference(func, name)
-        try:
-            kombu.serialization.dumps(  # type: ignore[no-untyped-call]
-                [list(args), kwargs], serializer=self.serializer
-            )
-        except Exception as e:
-            raise TypeError(
-                f"'after()' cannot send the arguments of '{name}' to Celery: {e}."
-                f" Pass values the {self.serializer!r} serializer can encode, such as ids"
-                " rather than objects."
-            ) from None
+        reference = _reference(func, name, self.allow)
+        snapshot = _snapshot(name, args, kwargs, self.serializer)
+        chain = current_chain()
+        if chain is not None and chain.environ is not None:
+            # The chain's environ lives as long as the request: the copy waits there.
+            chain.environ.setdefault(SNAPSHOTS_KEY, []).append((func, reference, *snapshot))
 
     def submit(self, fn: t.Callable[[], object], /) -> None:
         """Queue the chain's message for the publisher thread; never blocks."""
@@ -146,160 +240,468 @@ class CeleryRunner:
             raise TypeError(
                 f"'CeleryRunner' publishes request chains only, got {type(fn).__name__!r}."
             )
-        payload = _payload(fn)
+        payload = self._payload(fn)
+        headers = _trace_headers(fn)
         fn.discard()  # its callbacks now live in the payload
-        self._publisher.submit(_Publish(self, payload, time.monotonic()))
+        with self._lock:
+            full = self._queued >= self.max_pending
+            if full:
+                self._dropped += 1
+            else:
+                self._queued += 1
+        if full:
+            self._lose(payload, self._full_log)
+            return
+        self._publisher.submit(_Publish(self, payload, headers, time.monotonic()))
+
+    def stats(self) -> CeleryRunnerStats:
+        """Counters since this process started using the runner."""
+        with self._lock:
+            return CeleryRunnerStats(
+                published=self._published,
+                retried=self._retried,
+                dead_lettered=self._dead_lettered,
+                dropped=self._dropped,
+                queued=self._queued,
+            )
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until every queued message was published (or logged as lost)."""
+        """Wait until every queued message was published (or given up on)."""
         return self._publisher.wait_idle(timeout)
 
     def shutdown(self, timeout: float | None = None) -> bool:
-        """Publish what is queued, trying each message once more; log the rest."""
-        self._closing.set()
-        return self._publisher.shutdown(timeout)
+        """Publish what is queued, trying each message once more; log the rest.
 
-    def _publish(self, payload: dict[str, t.Any], queued_at: float) -> bool:
-        deadline = queued_at + self.retry_window
+        Waits at most ``timeout`` seconds (``drain_timeout`` when None). To stop
+        every runner of the process against one deadline, use
+        :func:`wsgi_after.shutdown_runners`.
+        """
+        limit = lifecycle.check_timeout(self.drain_timeout if timeout is None else timeout)
+        self.begin_shutdown()
+        return self.finish_shutdown(lifecycle.deadline_after(limit))
+
+    # The lifecycle seam (wsgi_after.lifecycle): at exit and from server hooks.
+
+    def start(self) -> None:
+        """Start the publisher thread now."""
+        self._publisher.start()
+
+    def begin_shutdown(self) -> None:
+        """Stop backing off: each message left is tried once more; never blocks."""
+        self._closing.set()
+        self._publisher.begin_shutdown()
+
+    def finish_shutdown(self, deadline: float | None) -> bool:
+        """Wait for the publisher until ``deadline``; log what was not published."""
+        done = self._publisher.finish_shutdown(deadline)
+        for log in self._logs():
+            log.close()
+        return done
+
+    def exiting(self) -> None:
+        """The interpreter is exiting: tell the publisher."""
+        self._closing.set()
+        self._publisher.exiting()
+
+    def reset_after_fork(self) -> None:
+        """In a child after ``fork()``: fresh counters, lock and publisher state."""
+        self._reset()
+        self._publisher.reset_after_fork()
+
+    def _logs(self) -> tuple[LossLog, ...]:
+        return (
+            self._full_log,
+            self._shutdown_log,
+            self._unreachable_log,
+            self._encode_log,
+            self._error_log,
+        )
+
+    def _payload(self, chain: Chain) -> dict[str, t.Any]:
+        method, path = chain.method_and_path()
+        error = chain.error
+        snapshots = iter((chain.environ or {}).get(SNAPSHOTS_KEY) or ())
+        snapshot = next(snapshots, None)
+        callbacks = []
+        for func, args, kwargs, _ in filter(None, chain.callbacks):
+            if snapshot is not None and snapshot[0] is func:
+                _, reference, sent_args, sent_kwargs = snapshot
+                snapshot = next(snapshots, None)
+            else:  # not checked by after() (another runner's chain): check it now
+                name = callback_name(func)
+                try:
+                    reference = _reference(func, name, self.allow)
+                except TypeError:
+                    reference = name  # the worker refuses it, and logs so
+                try:
+                    sent_args, sent_kwargs = _snapshot(name, args, kwargs, self.serializer)
+                except TypeError:  # publishing fails to encode it: logged, dead-lettered
+                    sent_args, sent_kwargs = list(args), kwargs
+            callbacks.append({"func": reference, "args": sent_args, "kwargs": sent_kwargs})
+        return {
+            "method": method,
+            "path": path,
+            "status": chain.status,
+            "completed": chain.completed,
+            "error": None if error is None else [type(error).__name__, str(error)],
+            "callbacks": callbacks,
+        }
+
+    def _publish(self, item: _Publish) -> bool:
+        with self._lock:
+            self._queued -= 1
+        deadline = item.queued_at + self.retry_window
         delay = 0.1
         while True:
+            if self._broker_down and self._closing.is_set():
+                # Shutting down with the broker unreachable: no attempt (each may wait
+                # the app's broker_connection_timeout), so the drain ends at once.
+                return self._give_up(item.payload, self._unreachable_log)
             try:
-                self.task.apply_async(args=[payload], queue=self.queue, retry=False)
-                return True
-            except _BROKER_ERRORS as e:
+                self.celery_app.send_task(
+                    TASK_NAME,
+                    args=[item.payload],
+                    queue=self.queue,
+                    retry=False,
+                    headers=item.headers or None,
+                )
+            except _BROKER_ERRORS:
+                self._broker_down = True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closing.is_set():
-                    _log_lost(payload, f"the broker could not be reached ({e})")
-                    return False
+                    return self._give_up(item.payload, self._unreachable_log)
+                with self._lock:
+                    self._retried += 1
                 self._closing.wait(min(delay, remaining))
                 delay = min(delay * 2, 5.0)
+            except kombu.exceptions.EncodeError:
+                return self._give_up(item.payload, self._encode_log)
+            except Exception:
+                # Its text may quote the payload: the traceback goes to DEBUG only.
+                logger.debug("Publishing to Celery raised.", exc_info=True)
+                return self._give_up(item.payload, self._error_log)
+            else:
+                self._broker_down = False
+                with self._lock:
+                    self._published += 1
+                return True
+
+    def _give_up(self, payload: dict[str, t.Any], log: LossLog) -> bool:
+        with self._lock:
+            self._dead_lettered += 1
+        self._lose(payload, log)
+        return False
+
+    def _lose(self, payload: dict[str, t.Any], log: LossLog) -> None:
+        """Log a message not published, by names only, and hand it to ``dead_letter``."""
+        request = _describe(payload)
+        log.record([_safe(c["func"]) for c in payload["callbacks"]], request)
+        if self.dead_letter is None:
+            return
+        try:
+            self.dead_letter(payload)
+        except Exception as e:
+            logger.error(
+                "The dead_letter hook '%s' raised %s for the callbacks of '%s'; their"
+                " payload is lost.",
+                callback_name(self.dead_letter),
+                type(e).__name__,
+                request,
+            )
+            logger.debug("The dead_letter hook raised.", exc_info=True)
 
 
 class _Publish:
     """One message for the publisher thread; describes itself for the logs."""
 
-    __slots__ = ("payload", "queued_at", "runner")
+    __slots__ = ("headers", "payload", "queued_at", "runner")
 
-    def __init__(self, runner: CeleryRunner, payload: dict[str, t.Any], queued_at: float):
+    def __init__(
+        self,
+        runner: CeleryRunner,
+        payload: dict[str, t.Any],
+        headers: dict[str, str],
+        queued_at: float,
+    ) -> None:
         self.runner = runner
         self.payload = payload
+        self.headers = headers
         self.queued_at = queued_at
 
     def __call__(self) -> bool:
-        return self.runner._publish(self.payload, self.queued_at)
+        return self.runner._publish(self)
 
     def describe(self) -> str:
-        return f"{self.payload['method']} {self.payload['path']}"
+        return _describe(self.payload)
 
     def callback_names(self) -> list[str]:
-        return [callback["name"] for callback in self.payload["callbacks"]]
+        return [_safe(callback["func"]) for callback in self.payload["callbacks"]]
 
     def discard(self) -> None:
-        _log_lost(self.payload, "it was dropped before publishing")
+        """The publisher lost it (shut down before its turn)."""
+        runner = self.runner
+        with runner._lock:
+            runner._queued -= 1
+            runner._dropped += 1
+        runner._lose(self.payload, runner._shutdown_log)
 
 
-def _log_lost(payload: dict[str, t.Any], reason: str) -> None:
-    logger.error(
-        "Could not publish the callbacks of '%s %s' to Celery: %s. Payload: %s",
-        payload["method"],
-        payload["path"],
-        reason,
-        json.dumps(payload, default=repr),
-    )
+def allowed_modules(allow: object) -> tuple[str, ...]:
+    """Check an allow list (``allow=`` or the ``wsgi_after_allow`` config key).
+
+    :raises ValueError: naming the fix, for anything but a list of module names
+        outside the standard library.
+    """
+    if isinstance(allow, str) or not isinstance(allow, (list, tuple, set, frozenset)):
+        raise ValueError(
+            f"'allow' must be a list of module names, got {type(allow).__name__!r}:"
+            " write allow=['myapp.tasks']."
+        )
+    names = []
+    for name in allow:
+        if not isinstance(name, str) or not _MODULE.fullmatch(name):
+            raise ValueError(f"'allow' must list module names like 'myapp.tasks', got {name!r}.")
+        top = name.partition(".")[0]
+        if name == "__main__" or top in sys.stdlib_module_names:
+            raise ValueError(
+                f"'allow' must not list {name!r}: a writer to the broker could call its"
+                " functions. List only your own modules."
+            )
+        names.append(name)
+    return tuple(sorted(set(names)))
 
 
-def _reference(func: t.Any, name: str) -> str:
-    """``task:NAME`` or ``module:qualname`` for ``func``, or TypeError naming the fix."""
+def _configure_allow(celery_app: celery.Celery, allow: t.Iterable[str] | None) -> tuple[str, ...]:
+    configured = celery_app.conf.get(ALLOW_KEY)
+    if allow is None:
+        return () if configured is None else allowed_modules(configured)
+    names = allowed_modules(list(allow) if not isinstance(allow, str) else allow)
+    if configured is None:
+        celery_app.conf[ALLOW_KEY] = list(names)  # what a worker of this app reads
+    elif allowed_modules(configured) != names:
+        raise ValueError(
+            f"'allow' {list(names)} differs from the Celery config {ALLOW_KEY!r}"
+            f" {list(allowed_modules(configured))}: set one of them."
+        )
+    return names
+
+
+def _is_allowed(module: str, allow: tuple[str, ...]) -> bool:
+    return any(module == name or module.startswith(name + ".") for name in allow)
+
+
+def _not_plain(found: object, module: str, name: str) -> str | None:
+    """Why ``found`` (``module.name``) may not run on a worker, or None."""
+    if not inspect.isfunction(found):
+        return "it is not a plain Python function"
+    if found.__module__ != module or found.__qualname__ != name:
+        return f"it is defined as '{_safe(found.__module__)}.{_safe(found.__qualname__)}'"
+    return None
+
+
+def _reference(func: t.Any, name: str, allow: tuple[str, ...]) -> str:
+    """``task:NAME`` or ``module:name`` for ``func``, or TypeError naming the fix."""
     if isinstance(func, celery.Task):
         return f"task:{func.name}"
     fix = (
-        f"'after()' cannot send '{name}' to Celery: a worker imports callbacks by module"
-        " and qualified name. Define it at module level, or make it a Celery task."
+        f"'after()' cannot send '{name}' to Celery: a worker runs only Celery tasks and"
+        " module-level functions of the modules in 'allow'. Define it at module level,"
+        " or make it a Celery task."
     )
     if type(func) is CoroutineType:
         raise TypeError(fix.replace("Define it", "Pass the coroutine function, defined"))
     module = getattr(func, "__module__", None)
     qualname = getattr(func, "__qualname__", None)
-    if not module or module == "__main__" or not qualname or "<" in qualname:
-        raise TypeError(fix)  # a worker's __main__ is Celery's, not this script
-    try:
-        found = _resolve(f"{module}:{qualname}")
-    except (ImportError, AttributeError):
-        raise TypeError(fix) from None
+    if (
+        not inspect.isfunction(func)
+        or not isinstance(module, str)
+        or module == "__main__"  # a worker's __main__ is Celery's, not this script
+        or not isinstance(qualname, str)
+        or not _NAME.fullmatch(qualname)
+    ):
+        raise TypeError(fix)
+    if not _is_allowed(module, allow):
+        raise TypeError(
+            f"'after()' cannot send '{name}' to Celery: its module {module!r} is not in"
+            f" the runner's allow list. Add it: CeleryRunner(celery_app, allow=[{module!r}])"
+            f" (the Celery config {ALLOW_KEY!r} on the worker), or make it a Celery task."
+        )
+    found = vars(sys.modules[module]).get(qualname) if module in sys.modules else None
     if found is not func:
         raise TypeError(fix)
     return f"{module}:{qualname}"
 
 
-def _resolve(reference: str) -> t.Any:
-    module, _, qualname = reference.partition(":")
-    found: t.Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        found = getattr(found, part)
-    return found
-
-
-def _payload(chain: Chain) -> dict[str, t.Any]:
-    method, path = chain.method_and_path()
-    error = chain.error
-    return {
-        "method": method,
-        "path": path,
-        "status": chain.status,
-        "completed": chain.completed,
-        "error": None if error is None else [type(error).__name__, str(error)],
-        "callbacks": [
-            {
-                "func": _reference(func, callback_name(func)),
-                "name": callback_name(func),
-                "args": list(args),
-                "kwargs": kwargs,
-            }
-            for func, args, kwargs, _ in chain.callbacks
-        ],
-    }
-
-
-def run_chain(task: celery.Task, payload: dict[str, t.Any]) -> None:
-    """The worker side: run a request's callbacks in order, as the thread runner would."""
-    environ = {"REQUEST_METHOD": payload["method"], "PATH_INFO": payload["path"]}
-    chain = Chain(environ, runner=None, start_response=None)  # type: ignore[arg-type]
-    chain.status = payload["status"]
-    chain.completed = payload["completed"]
-    if payload["error"] is not None:
-        chain.error = RemoteError(*payload["error"])
-    token = _current.set(chain)  # so outcome() and nested after() find this chain
+def _snapshot(
+    name: str, args: tuple[t.Any, ...], kwargs: dict[str, t.Any], serializer: str
+) -> tuple[list[t.Any], dict[str, t.Any]]:
+    """The arguments as the worker will get them: encoded and decoded now."""
     try:
-        for callback in payload["callbacks"]:
-            reference = callback["func"]
+        content_type, encoding, data = kombu.serialization.dumps(  # type: ignore[no-untyped-call]
+            [list(args), kwargs], serializer=serializer
+        )
+        copied = kombu.serialization.loads(  # type: ignore[no-untyped-call]
+            data, content_type, encoding, accept={content_type}
+        )
+    except Exception as e:
+        raise TypeError(
+            f"'after()' cannot send the arguments of '{name}' to Celery: {e}."
+            f" Pass values the {serializer!r} serializer can encode, such as ids"
+            " rather than objects."
+        ) from None
+    return copied[0], copied[1]
+
+
+def _trace_headers(chain: Chain) -> dict[str, str]:
+    """The W3C trace context current at the first ``after()``, for the message headers."""
+    if _propagator is None or not chain.callbacks:
+        return {}
+    carrier: dict[str, str] = {}
+    first = next(filter(None, chain.callbacks))
+    first[3].run(_propagator.inject, carrier)
+    return {key: value for key, value in carrier.items() if key in _TRACE_HEADERS}
+
+
+def _describe(payload: dict[str, t.Any]) -> str:
+    return f"{_safe(payload['method'])} {_safe(payload['path'])}"
+
+
+def _safe(text: object, limit: int = 200) -> str:
+    """``text`` for a log line (it may come from a forged message): escaped, bounded."""
+    text = safe(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# The worker side.
+
+
+def _run_chain(task: celery.Task, payload: object) -> None:
+    """Run a request's callbacks in order, as the thread runner would.
+
+    Only what the worker's own configuration allows runs: Celery tasks registered
+    here, and plain functions defined at module level in a module of
+    ``wsgi_after_allow``. Anything else is refused before it is imported.
+    """
+    try:
+        method, path, status, completed, error, callbacks = _parse(payload)
+    except ValueError as e:
+        logger.error("Refused a %r message: %s.", TASK_NAME, e)
+        return
+    request = f"{_safe(method)} {_safe(path)}"
+    try:
+        allow = allowed_modules(task.app.conf.get(ALLOW_KEY) or ())
+    except ValueError as e:
+        logger.error("The Celery config %r is invalid (%s): only tasks run.", ALLOW_KEY, e)
+        allow = ()
+    environ = {"REQUEST_METHOD": _safe(method), "PATH_INFO": _safe(path, 2000)}
+    chain = Chain(environ, runner=None, start_response=None)  # type: ignore[arg-type]
+    chain.status = status
+    chain.completed = completed
+    if error is not None:
+        chain.error = RemoteError(*error)
+    trace_token = None
+    if _propagator is not None:
+        carrier = {key: getattr(task.request, key, None) for key in _TRACE_HEADERS}
+        carrier = {key: value for key, value in carrier.items() if isinstance(value, str)}
+        if carrier:
+            trace_token = otel_context.attach(_propagator.extract(carrier))
+    try:
+        token = CURRENT.set(chain)  # so outcome() and nested after() find this chain
+        try:
+            for reference, args, kwargs in callbacks:
+                func = _resolve(task.app, reference, allow, request)
+                if func is not None:
+                    context = contextvars.copy_context()
+                    chain.callbacks.append((func, tuple(args), kwargs, context))
+        finally:
+            CURRENT.reset(token)
+        chain()
+    finally:
+        if trace_token is not None:
+            otel_context.detach(trace_token)
+
+
+run_chain = celery.shared_task(name=TASK_NAME, bind=True, ignore_result=True)(_run_chain)
+
+
+def _parse(
+    payload: object,
+) -> tuple[
+    str,
+    str,
+    str | None,
+    bool,
+    tuple[str, str] | None,
+    list[tuple[str, list[t.Any], dict[str, t.Any]]],
+]:
+    """The fields of a message, or ValueError saying what is malformed (no values)."""
+    if not isinstance(payload, dict):
+        raise ValueError("the payload is not a mapping")
+    method, path = payload.get("method"), payload.get("path")
+    status, completed = payload.get("status"), payload.get("completed")
+    error, callbacks = payload.get("error"), payload.get("callbacks")
+    if not isinstance(method, str) or not isinstance(path, str):
+        raise ValueError("'method' and 'path' must be strings")
+    if status is not None and not isinstance(status, str):
+        raise ValueError("'status' must be a string or null")
+    if not isinstance(completed, bool):
+        raise ValueError("'completed' must be a boolean")
+    if error is not None and not (
+        isinstance(error, list) and len(error) == 2 and all(isinstance(e, str) for e in error)
+    ):
+        raise ValueError("'error' must be null or two strings")
+    if not isinstance(callbacks, list):
+        raise ValueError("'callbacks' must be a list")
+    parsed = []
+    for callback in callbacks:
+        if not isinstance(callback, dict):
+            raise ValueError("each callback must be a mapping")
+        reference, args = callback.get("func"), callback.get("args", [])
+        kwargs = callback.get("kwargs", {})
+        if not isinstance(reference, str) or not isinstance(args, list):
+            raise ValueError("each callback needs a string 'func' and a list 'args'")
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise ValueError("each callback's 'kwargs' must map strings")
+        parsed.append((reference, args, kwargs))
+    return method, path, status, completed, None if error is None else (error[0], error[1]), parsed
+
+
+def _resolve(app: celery.Celery, reference: str, allow: tuple[str, ...], request: str) -> t.Any:
+    """The callback ``reference`` names, if this worker may run it; else log and None."""
+    problem = None
+    found: t.Any = None
+    if reference.startswith("task:"):
+        name = reference[len("task:") :]
+        found = app.tasks.get(name)
+        if name == TASK_NAME or name.startswith("celery.") or not isinstance(found, celery.Task):
+            problem = "it is not a task registered on this worker"
+    else:
+        module, _, name = reference.partition(":")
+        if not _MODULE.fullmatch(module) or not _NAME.fullmatch(name):
+            problem = "it does not name a module-level function as 'module:function'"
+        elif not _is_allowed(module, allow):
+            problem = (
+                f"module '{module}' is not in this worker's allow list"
+                f" (Celery config {ALLOW_KEY!r}: {list(allow)})"
+            )
+        else:
             try:
-                if reference.startswith("task:"):
-                    func = task.app.tasks[reference[len("task:") :]]
-                else:
-                    func = _resolve(reference)
-            except (ImportError, AttributeError, KeyError):
+                found = vars(importlib.import_module(module)).get(name)
+            except Exception:
                 logger.error(
                     "Callback '%s' queued by '%s' cannot be imported on this worker.",
-                    callback["name"],
-                    chain.describe(),
+                    _safe(reference),
+                    request,
                     exc_info=True,
                 )
-                continue
-            context = contextvars.copy_context()
-            chain.callbacks.append((func, tuple(callback["args"]), callback["kwargs"], context))
-    finally:
-        _current.reset(token)
-    chain()
-
-
-_celery_runners: weakref.WeakSet[CeleryRunner] = weakref.WeakSet()
-
-
-def _close_at_exit() -> None:
-    # Registered after wsgi_after.runner's handler, so it runs first (atexit is LIFO):
-    # publishers stop backing off before their ThreadRunner drains.
-    for runner in list(_celery_runners):
-        runner._closing.set()
-
-
-atexit.register(_close_at_exit)
+                return None
+            problem = _not_plain(found, module, name)
+    if problem is None:
+        return found
+    logger.error(
+        "Refused callback '%s' queued by '%s': %s; it was not run.",
+        _safe(reference),
+        request,
+        problem,
+    )
+    return None

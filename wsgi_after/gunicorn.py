@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import typing as t
 
-from .runner import _runners
+from . import lifecycle
 
 #: Seconds left to gunicorn after the drain, out of ``graceful_timeout``.
 MARGIN = 2.0
@@ -27,12 +27,11 @@ MARGIN = 2.0
 
 def post_fork(server: t.Any, worker: t.Any) -> None:
     """gunicorn ``post_fork`` hook: start every runner's worker threads now."""
-    for runner in list(_runners):
-        runner.start()
+    lifecycle.start()
 
 
 def worker_exit(server: t.Any, worker: t.Any) -> None:
-    """gunicorn ``worker_exit`` hook: drain every runner before the worker exits."""
+    """gunicorn ``worker_exit`` hook: drain every runner before the worker exits,
+    all against one deadline (each runner also within its own ``drain_timeout``)."""
     graceful = float(getattr(server.cfg, "graceful_timeout", 30))
-    for runner in list(_runners):
-        runner.shutdown(min(runner.drain_timeout, max(0.0, graceful - MARGIN)))
+    lifecycle.shutdown(max(0.0, graceful - MARGIN))

@@ -14,17 +14,21 @@
 
 from __future__ import annotations
 
+import sys
 import typing as t
 
-from ._chain import Chain, _current
+from ._chain import CURRENT, MAX_CALLBACKS, Chain
 from ._response import FileWrapperHook
-from .runner import Runner, ThreadRunner
+from .runner import Submits, ThreadRunner
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 
-class AfterMiddleware:
+RunnerT = t.TypeVar("RunnerT", bound=Submits)
+
+
+class AfterMiddleware(t.Generic[RunnerT]):
     """Runs the callbacks queued with :func:`~wsgi_after.after` once the server closes
     the response, on ``runner``.
 
@@ -34,7 +38,10 @@ class AfterMiddleware:
     request that queued anything. The client and the server's worker never wait
     for the callbacks.
 
-    Error policy: callbacks' errors are logged, never raised into the server.
+    Error policy: callbacks' errors are logged, never raised into the server
+    (except a ``KeyboardInterrupt`` or ``SystemExit``, passed on after the
+    request's other callbacks when they run in the server's own thread:
+    :class:`~wsgi_after.InlineRunner`, ``on_full="run"``).
     If the app raises before returning a response, no server calls ``close()``,
     so the middleware hands the chain over itself and re-raises. A
     ``wsgi.file_wrapper`` response is returned unwrapped, keeping the server's
@@ -46,20 +53,43 @@ class AfterMiddleware:
         :class:`~wsgi_after.InlineRunner`, a :class:`concurrent.futures.Executor`.
         When omitted, a :class:`~wsgi_after.ThreadRunner` is built from the other
         options (see it for their meaning and defaults).
-    :raises TypeError: if ``runner`` has no ``submit`` method, or is given with
-        pool options.
-    :raises ValueError: if a pool option is out of range.
+    :param max_callbacks: how many callbacks one request may queue, nested ones
+        included (1000): a callback that queues itself again stops there.
+    :raises TypeError: if ``runner`` has no ``submit`` method, is a process pool
+        (a request's chain cannot be pickled), or is given with pool options.
+    :raises ValueError: if an option is out of range.
     """
 
+    @t.overload
     def __init__(
-        self,
+        self: AfterMiddleware[ThreadRunner],
         app: WSGIApplication,
         *,
-        runner: Runner | None = None,
+        runner: None = None,
         max_workers: int | None = None,
         max_pending: int | None = None,
         on_full: t.Literal["block", "run", "drop"] | None = None,
         drain_timeout: float | None = None,
+        max_callbacks: int = MAX_CALLBACKS,
+    ) -> None: ...
+    @t.overload
+    def __init__(
+        self: AfterMiddleware[RunnerT],
+        app: WSGIApplication,
+        *,
+        runner: RunnerT,
+        max_callbacks: int = MAX_CALLBACKS,
+    ) -> None: ...
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        runner: t.Any = None,
+        max_workers: int | None = None,
+        max_pending: int | None = None,
+        on_full: t.Literal["block", "run", "drop"] | None = None,
+        drain_timeout: float | None = None,
+        max_callbacks: int = MAX_CALLBACKS,
     ) -> None:
         options: dict[str, t.Any] = {
             "max_workers": max_workers,
@@ -80,8 +110,22 @@ class AfterMiddleware:
                 f"'runner' must have a 'submit(fn)' method, like 'ThreadRunner' or a"
                 f" 'concurrent.futures.Executor', got {type(runner).__name__!r}."
             )
+        else:
+            process = sys.modules.get("concurrent.futures.process")
+            if process is not None and isinstance(runner, process.ProcessPoolExecutor):
+                raise TypeError(
+                    "'runner' cannot be a 'ProcessPoolExecutor': a request's callbacks and"
+                    " their contexts cannot be sent to another process. Use 'ThreadRunner',"
+                    " or 'wsgi_after.celery.CeleryRunner' to run them in other processes."
+                )
+        if type(max_callbacks) is not int or max_callbacks < 1:
+            raise ValueError(
+                f"'max_callbacks' must be an int of at least 1, got {max_callbacks!r}."
+            )
         self.app = app
-        self.runner = runner
+        #: The runner the callbacks go to.
+        self.runner: RunnerT = runner
+        self.max_callbacks = max_callbacks
         # One hook for the server's file_wrapper (a server has one): nothing to build
         # per request.
         self._file_wrapper_hook: FileWrapperHook | None = None
@@ -91,14 +135,16 @@ class AfterMiddleware:
     ) -> t.Iterable[bytes]:
         if "wsgi_after.chain" in environ:
             return self.app(environ, start_response)
-        chain = Chain(environ, self.runner, start_response)
+        chain = Chain(environ, self.runner, start_response, self.max_callbacks)
         environ["wsgi_after.chain"] = chain
-        _current.set(chain)
+        # Current until the response closes (on_close resets it), so that after()
+        # works while the server iterates a streaming body.
+        chain.token = CURRENT.set(chain)
         file_wrapper = environ.get("wsgi.file_wrapper")
         if file_wrapper is not None:
             hook = self._file_wrapper_hook
             if hook is None or hook.server_wrapper is not file_wrapper:
-                hook = self._file_wrapper_hook = FileWrapperHook(file_wrapper, _current.get)
+                hook = self._file_wrapper_hook = FileWrapperHook(file_wrapper, CURRENT.get)
             environ["wsgi.file_wrapper"] = hook
         try:
             result = self.app(environ, chain.start_response)

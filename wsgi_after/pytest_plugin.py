@@ -24,72 +24,101 @@ from __future__ import annotations
 
 import collections.abc
 import logging
+import threading
 import time
 import typing as t
 
 import pytest
 
-from . import _chain
-from .runner import InlineRunner, _runners
+from . import lifecycle
+from ._chain import override_runner
+from .runner import run_task
 
 
-class _CallbackErrors(logging.Handler):
-    """Collects the exceptions logged for failed callbacks."""
+class _InlineCollector(logging.Handler):
+    """Runs each task inline and collects the exceptions its callbacks raised.
+
+    Only what is logged by the threads running a task through it counts: a
+    failure on another app's background runner is not blamed on this test. A
+    ``KeyboardInterrupt`` or ``SystemExit`` from a callback fails the test
+    instead of ending the test session.
+    """
 
     def __init__(self) -> None:
         super().__init__(level=logging.ERROR)
         self.errors: list[BaseException] = []
+        self._running: set[int] = set()
+
+    def submit(self, fn: t.Callable[[], object], /) -> None:
+        ident = threading.get_ident()
+        nested = ident in self._running
+        self._running.add(ident)
+        try:
+            run_task(fn)  # not in_caller: an interrupt is collected, not raised
+        finally:
+            if not nested:
+                self._running.discard(ident)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        return True
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and record.exc_info[1] is not None:
+        if record.thread in self._running and record.exc_info and record.exc_info[1] is not None:
             self.errors.append(record.exc_info[1])
 
 
-_handler_key = pytest.StashKey[_CallbackErrors]()
+_handler_key = pytest.StashKey[_InlineCollector]()
 
 
 @pytest.fixture
 def after_inline(request: pytest.FixtureRequest) -> collections.abc.Iterator[None]:
     """Run every request's callbacks inline in ``close()``; re-raise the first failure."""
-    handler = _CallbackErrors()
-    request.node.stash[_handler_key] = handler
+    collector = _InlineCollector()
+    request.node.stash[_handler_key] = collector
     logger = logging.getLogger("wsgi_after")
-    logger.addHandler(handler)
-    previous, _chain.forced_runner = _chain.forced_runner, InlineRunner()
+    logger.addHandler(collector)
     try:
-        yield
+        with override_runner(collector):
+            yield
     finally:
-        _chain.forced_runner = previous
-        logger.removeHandler(handler)
-    _raise_first(handler)  # a callback that failed while fixtures were torn down
+        logger.removeHandler(collector)
+    _raise_first(collector)  # a callback that failed while fixtures were torn down
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> collections.abc.Generator[None, object, object]:
     """Fail the test itself (not its teardown) when a callback failed during it."""
     result = yield
-    handler = item.stash.get(_handler_key, None)
-    if handler is not None:
-        _raise_first(handler)
+    collector = item.stash.get(_handler_key, None)
+    if collector is not None:
+        _raise_first(collector)
     return result
 
 
-def _raise_first(handler: _CallbackErrors) -> None:
-    if handler.errors:
-        error, handler.errors = handler.errors[0], []
+def _raise_first(collector: _InlineCollector) -> None:
+    if collector.errors:
+        error, collector.errors = collector.errors[0], []
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            pytest.fail(f"A callback raised {error!r}.", pytrace=False)
         raise error
 
 
 @pytest.fixture
 def after_wait() -> t.Callable[..., None]:
-    """A function that waits, with a deadline, until every ``ThreadRunner`` is idle."""
+    """A function that waits, with a deadline, until every runner is idle."""
 
     def wait(timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
-        for runner in list(_runners):
-            if not runner.wait_idle(max(0.0, deadline - time.monotonic())):
+        for runner in lifecycle.runners():
+            wait_idle = getattr(runner, "wait_idle", None)
+            if wait_idle is not None and not wait_idle(max(0.0, deadline - time.monotonic())):
+                stats = getattr(runner, "stats", None)
                 raise TimeoutError(
-                    f"{runner!r} still had callbacks after {timeout} s: {runner.stats()}"
+                    f"{runner!r} still had callbacks after {timeout} s"
+                    + (f": {stats()}" if stats is not None else ".")
                 )
 
     return wait

@@ -4,7 +4,8 @@ Without a handler, SIGTERM kills the process at once: no ``atexit`` handler runs
 so callbacks still queued are lost without a word. :func:`exit_on_sigterm` turns
 SIGTERM into :class:`SystemExit` in the main thread; waitress catches it, stops
 accepting connections and finishes its in-flight requests, the interpreter exits
-normally, and the runners drain (see :class:`~wsgi_after.ThreadRunner`)::
+normally, and the runners drain (see :class:`~wsgi_after.ThreadRunner`). A
+second SIGTERM during the drain is logged and does not cut it short::
 
     from waitress import serve
     from wsgi_after import exit_on_sigterm
@@ -17,11 +18,26 @@ gunicorn has its own handler and needs nothing of this.
 
 from __future__ import annotations
 
+import logging
 import signal
 import types
 
+logger = logging.getLogger("wsgi_after")
+
+_received = False
+
 
 def _exit(signum: int, frame: types.FrameType | None) -> None:
+    # Only the first SIGTERM exits: a second one (a supervisor repeating itself)
+    # must not abort the drain that the first one started.
+    global _received
+    if _received:
+        logger.warning(
+            "SIGTERM received again while exiting; the drain goes on (at most the"
+            " runners' drain_timeout). Send SIGKILL to stop at once."
+        )
+        return
+    _received = True
     raise SystemExit(128 + signum)
 
 

@@ -1,0 +1,166 @@
+"""Callback events: what listeners see, and that nothing is built while none listens."""
+
+from __future__ import annotations
+
+import collections.abc
+import contextvars
+import threading
+import time
+import typing as t
+
+import pytest
+
+from tests.helpers import call, serve
+from wsgi_after import AfterMiddleware, InlineRunner, ThreadRunner, after, events
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+trace_id: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="-")
+
+
+@pytest.fixture
+def seen() -> collections.abc.Iterator[list[tuple[events.CallbackEvent, str]]]:
+    got: list[tuple[events.CallbackEvent, str]] = []
+
+    def listener(event: events.CallbackEvent) -> None:
+        got.append((event, trace_id.get()))
+
+    events.subscribe(listener)
+    yield got
+    events.unsubscribe(listener)
+
+
+def ok() -> None:
+    pass
+
+
+def broken() -> None:
+    raise ValueError("broken")
+
+
+def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+    trace_id.set("trace-1")
+    after(ok)
+    after(broken)
+    start_response("200 OK", [])
+    return [b""]
+
+
+def test_a_callbacks_life_in_events(seen: list[tuple[events.CallbackEvent, str]]) -> None:
+    serve(AfterMiddleware(app, runner=InlineRunner()), "/orders", "POST")
+    kinds = [(e.kind, e.name.rsplit(".", 1)[-1]) for e, _ in seen]
+    assert kinds == [
+        ("queued", "ok"),
+        ("queued", "broken"),
+        ("started", "ok"),
+        ("finished", "ok"),
+        ("started", "broken"),
+        ("failed", "broken"),
+    ]
+    assert all((e.method, e.path) == ("POST", "/orders") for e, _ in seen)
+    # Started and after: inside the callback's context, so the request's trace is there.
+    assert [ctx for e, ctx in seen if e.kind != "queued"] == ["trace-1"] * 4
+    failed = seen[-1][0]
+    assert isinstance(failed.error, ValueError)
+    assert failed.run_time is not None
+    assert failed.run_time >= 0
+    assert failed.queue_delay is not None
+    assert failed.queue_delay >= 0
+
+
+def test_dropped_and_lost_callbacks_are_events(
+    seen: list[tuple[events.CallbackEvent, str]],
+) -> None:
+    busy, release = threading.Event(), threading.Event()
+    runner = ThreadRunner(max_workers=1, max_pending=1, on_full="drop", drain_timeout=5)
+
+    def hold() -> None:
+        busy.set()
+        release.wait(10)
+
+    runner.submit(hold)
+    assert busy.wait(5)
+
+    def two(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(ok)
+        start_response("200 OK", [])
+        return [b""]
+
+    middleware = AfterMiddleware(two, runner=runner)
+    serve(middleware, "/queued")  # waits in the queue
+    serve(middleware, "/dropped")  # the queue is full
+    assert runner.shutdown(timeout=0.05) is False  # /queued is lost
+    release.set()
+    losses = [(e.kind, e.path) for e, _ in seen if e.kind in ("dropped", "lost")]
+    assert losses == [("dropped", "/dropped"), ("lost", "/queued")]
+
+
+def test_a_never_closed_response_is_an_event(
+    seen: list[tuple[events.CallbackEvent, str]],
+) -> None:
+    import gc
+
+    def never_close() -> None:
+        iterable = call(AfterMiddleware(app, runner=InlineRunner()))
+        b"".join(iterable)
+
+    contextvars.copy_context().run(never_close)
+    gc.collect()
+    assert [e.kind for e, _ in seen if e.kind == "never_closed"] == ["never_closed"] * 2
+
+
+def test_a_listener_that_raises_is_logged_and_harms_nothing(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    ran: list[str] = []
+
+    def bad(event: events.CallbackEvent) -> None:
+        raise RuntimeError("listener bug")
+
+    events.subscribe(bad)
+    try:
+        serve(
+            AfterMiddleware(
+                lambda e, s: (after(ran.append, "x"), s("200 OK", []), [b""])[2],
+                runner=InlineRunner(),
+            )
+        )
+    finally:
+        events.unsubscribe(bad)
+    assert ran == ["x"]
+    assert any("Event listener" in r.getMessage() for r in log.records)
+
+
+def test_subscribe_refuses_what_cannot_listen() -> None:
+    with pytest.raises(TypeError, match="'subscribe\\(\\)' needs a callable"):
+        events.subscribe(42)  # type: ignore[arg-type]
+
+
+def test_a_slow_callback_is_logged_once_with_its_stack(log: pytest.LogCaptureFixture) -> None:
+    release = threading.Event()
+    runner = ThreadRunner(max_workers=1, slow_callback=0.1, drain_timeout=5, name="slowpool")
+
+    def stuck() -> None:
+        release.wait(10)
+
+    def view(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(stuck)
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(AfterMiddleware(view, runner=runner), "/stuck")
+    deadline = time.monotonic() + 10
+    while runner.stats().hung == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    release.set()
+    assert runner.wait_idle(5)
+    warnings = [r.getMessage() for r in log.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        "Callback 'tests.test_events.test_a_slow_callback_is_logged_once_with_its_stack"
+        ".<locals>.stuck' queued by 'GET /stuck' has been running for"
+    )
+    assert "release.wait(10)" in warnings[0]  # the stack shows where it is stuck
+    assert runner.stats().hung == 1
+    runner.shutdown(5)

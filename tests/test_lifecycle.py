@@ -1,0 +1,206 @@
+"""The process's runners as one: exit, fork and one shutdown deadline (subprocesses)."""
+
+from __future__ import annotations
+
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+from wsgi_after import ThreadRunner, shutdown_runners
+
+
+def run_program(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_one_deadline_for_every_runner() -> None:
+    release = threading.Event()
+    runners = [ThreadRunner(max_workers=1, drain_timeout=1.0) for _ in range(4)]
+    for runner in runners:
+        runner.submit(lambda: release.wait(30))
+    started = time.monotonic()
+    assert shutdown_runners() is False
+    elapsed = time.monotonic() - started
+    release.set()
+    assert 0.9 < elapsed < 2.5  # one shared second, not four in a row
+
+
+def test_shutdown_runners_takes_the_servers_budget_over_drain_timeouts() -> None:
+    release = threading.Event()
+    runner = ThreadRunner(max_workers=1, drain_timeout=30.0)
+    runner.submit(lambda: release.wait(30))
+    started = time.monotonic()
+    assert shutdown_runners(0.2) is False
+    assert time.monotonic() - started < 2.0
+    release.set()
+
+
+FORKING_CALLBACK = """
+import os, sys, threading, time
+from wsgi_after import ThreadRunner
+
+path = sys.argv[1]
+runner = ThreadRunner(max_workers=1, drain_timeout=10)
+forked = threading.Event()
+
+def forks():
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)  # the child leaves: it must not run the parent's queued task
+    os.waitpid(pid, 0)
+    forked.set()
+
+def record():
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+
+runner.submit(forks)
+runner.submit(record)  # queued behind forks() when the fork happens
+forked.wait(10)
+runner.wait_idle(10)
+"""
+
+
+def test_a_forked_child_never_runs_the_parents_tasks(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "runs.txt"
+    done = run_program(FORKING_CALLBACK, str(path))
+    assert done.returncode == 0, done.stderr
+    assert len(path.read_text().split()) == 1  # by the parent only, once
+
+
+BLOCKED_AT_EXIT = """
+import logging, sys, threading, time
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
+from wsgi_after import ThreadRunner
+
+runner = ThreadRunner(max_workers=1, max_pending=1, on_full="block", drain_timeout=1.0)
+release = threading.Event()
+runner.submit(lambda: release.wait(60))   # the worker is busy
+runner.submit(lambda: None)               # the queue is full
+
+def request_thread():  # like gunicorn gthread's non-daemon threads closing a response
+    runner.submit(lambda: sys.stdout.write("late chain ran\\n"))
+
+threading.Thread(target=request_thread).start()  # blocks in submit
+time.sleep(0.2)
+sys.stdout.write("main thread exits\\n")
+"""
+
+
+def test_exit_is_not_held_by_a_thread_blocked_on_a_full_queue() -> None:
+    started = time.monotonic()
+    done = run_program(BLOCKED_AT_EXIT, timeout=30)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert elapsed < 10  # drain_timeout is 1 s; before, the exit hung for ever
+    lines = done.stdout.splitlines()
+    assert "main thread exits" in lines
+    not_run = [line for line in lines if "was not run" in line]
+    assert len(not_run) == 2  # the queued one and the late one: logged by name, not lost
+
+
+LOSSLOG_FORK = """
+import os, sys, threading, time
+import logging
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+from wsgi_after import ThreadRunner
+
+runner = ThreadRunner(max_workers=1, max_pending=1, on_full="drop")
+held = threading.Event()
+release = threading.Event()
+
+def hold_the_drop_log():
+    with runner._drops._lock:   # another thread is inside the drop log at fork time
+        held.set()
+        release.wait(10)
+
+threading.Thread(target=hold_the_drop_log, daemon=True).start()
+held.wait(10)
+pid = os.fork()
+if pid == 0:
+    runner.submit(lambda: time.sleep(1))
+    runner.submit(lambda: None)
+    runner.submit(lambda: None)  # dropped: must log, not hang on the parent's lock
+    runner._drops.close()
+    sys.stdout.flush()
+    os._exit(0)
+release.set()
+_, status = os.waitpid(pid, 0)
+print("child exit", status)
+"""
+
+
+def test_the_drop_log_is_reset_in_a_forked_child() -> None:
+    done = run_program(LOSSLOG_FORK, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "child exit 0" in done.stdout
+    assert "was not run: the queue is full (max_pending=1)." in done.stdout
+
+
+def test_wsgi_after_imports_where_os_has_no_register_at_fork() -> None:
+    done = run_program(
+        """
+        import os
+        del os.register_at_fork  # as on Windows
+        import wsgi_after
+        print("imported")
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "imported"
+
+
+SIGTERM_TWICE = """
+import atexit, logging, os, signal, sys, threading, time
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
+from wsgi_after import ThreadRunner, exit_on_sigterm
+
+exit_on_sigterm()
+runner = ThreadRunner(max_workers=1, drain_timeout=20)
+started = threading.Event()
+
+def slow():
+    started.set()
+    time.sleep(1.5)
+    sys.stdout.write("slow callback finished\\n")
+
+runner.submit(slow)
+started.wait(10)
+# Registered after wsgi_after's drain, so it runs just before it (atexit is LIFO).
+atexit.register(lambda: print("exiting", flush=True))
+print("ready", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_a_second_sigterm_does_not_cut_the_drain_short() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_TWICE],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGTERM)
+        assert process.stdout.readline().strip() == "exiting"
+        process.send_signal(signal.SIGTERM)  # during the drain: a supervisor repeating itself
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert "slow callback finished" in out, out + err
+    assert "SIGTERM received again while exiting; the drain goes on" in out
+    assert "Traceback" not in err

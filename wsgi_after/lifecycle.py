@@ -1,0 +1,160 @@
+"""The process's runners: one registry, one fork rule, one shutdown deadline.
+
+Every runner that owns threads or a queue registers here (weakly), so that the
+process can treat them as one:
+
+* **exit**: when the interpreter exits, :func:`shutdown` drains every runner
+  against *one* deadline, however many runners there are (a Flask app's runner
+  and a Celery publisher, several apps...): all are told to stop first, then
+  all are joined until the deadline;
+* **exit of the server's threads**: before Python joins non-daemon threads
+  (gunicorn's gthread workers, a ``ThreadPoolExecutor``), which happens before
+  ``atexit`` handlers run, every runner is told the interpreter is exiting, so a
+  request thread blocked in ``close()`` (``on_full="block"``) is released
+  rather than hanging the exit;
+* **fork**: in a child, every runner forgets its parent's threads, queue and
+  locks (:func:`after_fork_in_child`), and starts its own threads when first
+  used. Servers that do not run Python's fork hooks (uWSGI without
+  ``--lazy-apps``) call it from their own post-fork hook.
+
+Server hooks (gunicorn's ``worker_exit``, uWSGI's ``atexit``, mod_wsgi's
+shutdown event) call :func:`shutdown` with the time the server allows.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import threading
+import time
+import typing as t
+import weakref
+
+
+class Drainable(t.Protocol):
+    """What the registry needs of a runner."""
+
+    #: Seconds this runner may drain for at exit (at most; the deadline is shared).
+    drain_timeout: float
+
+    def start(self) -> None:
+        """Start its threads now, if it has any."""
+
+    def begin_shutdown(self) -> None:
+        """Stop taking tasks and wake its workers; never blocks."""
+
+    def finish_shutdown(self, deadline: float | None) -> bool:
+        """Wait until ``deadline`` (``time.monotonic()``; None: no limit) for the work
+        taken, then log by name what was not run. True if everything ran."""
+
+    def exiting(self) -> None:
+        """The interpreter is exiting: release threads blocked on this runner."""
+
+    def reset_after_fork(self) -> None:
+        """Forget the parent's threads, queue and locks (in a child after ``fork()``)."""
+
+
+_registry: weakref.WeakSet[Drainable] = weakref.WeakSet()
+
+#: Bumped in every child after ``fork()``: code running on a thread compares it
+#: with the value it started with to notice that it now runs in a forked child.
+generation = 0
+
+
+def register(runner: Drainable) -> None:
+    """Add ``runner`` to the process's registry (held weakly)."""
+    _registry.add(runner)
+
+
+def unregister(runner: Drainable) -> None:
+    """Take ``runner`` out of the registry (a runner owned by another one, which
+    drains it itself)."""
+    _registry.discard(runner)
+
+
+def runners() -> list[Drainable]:
+    """The registered runners that are still alive."""
+    return list(_registry)
+
+
+def start() -> None:
+    """Start every registered runner's threads now (from a post-fork hook)."""
+    for runner in runners():
+        runner.start()
+
+
+def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:
+    """``timeout`` as seconds, None (or ``inf``) meaning no limit.
+
+    :raises ValueError: if it is NaN or negative.
+    :raises TypeError: if it is not a number.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"'{name}' must be a number of seconds or None, got {timeout!r}.")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(
+            f"'{name}' must be a number of seconds of at least 0 (inf: no limit), got {timeout!r}."
+        )
+    return None if math.isinf(timeout) else float(timeout)
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """The ``time.monotonic()`` deadline ``timeout`` seconds from now (None: none)."""
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Drain every registered runner against one deadline.
+
+    Every runner is told to stop first, then each is waited for until the
+    earlier of the shared deadline and its own ``drain_timeout``; what could
+    not run is logged by name. Called at interpreter exit with no ``timeout``
+    (the longest ``drain_timeout`` of the runners); server hooks pass what the
+    server allows.
+
+    :param timeout: seconds for the whole process; None: the longest
+        ``drain_timeout`` among the runners. ``inf`` waits without limit.
+    :returns: True if every runner ran everything it had.
+    """
+    limit = check_timeout(timeout)
+    found = runners()
+    started = time.monotonic()
+    for runner in found:
+        runner.begin_shutdown()
+    ok = True
+    for runner in found:
+        own = check_timeout(runner.drain_timeout, "drain_timeout")
+        ends = [started + x for x in (own, limit) if x is not None]
+        if timeout is not None and limit is None:  # inf given: no limit at all
+            ends = []
+        ok = runner.finish_shutdown(min(ends) if ends else None) and ok
+    return ok
+
+
+def after_fork_in_child() -> None:
+    """Reset every runner in a child process (the parent's threads do not exist here,
+    and its locks may be held by them)."""
+    global _registry, generation
+    generation += 1
+    found = list(_registry)  # WeakSet iteration takes no lock of another thread's
+    _registry = weakref.WeakSet(found)
+    for runner in found:
+        runner.reset_after_fork()
+
+
+def _interpreter_exiting() -> None:
+    for runner in runners():
+        runner.exiting()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=after_fork_in_child)
+atexit.register(shutdown)
+# Runs before Python joins non-daemon threads (and so before atexit handlers):
+# the only moment to release a request thread blocked on a full queue.
+_register_atexit = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(_interpreter_exiting)
