@@ -101,10 +101,10 @@ def test_callbacks_see_their_own_environ_and_log_their_own_request(
 
         rows = poll(seen, lambda rows: len(rows) >= len(users))
     assert sorted(rows) == [(u, f"/users/{u}", u) for u in users]
-    failures = [line for line in log.read_text().splitlines() if "failing on purpose" in line]
+    failures = [line for line in log.read_text().splitlines() if "'environ_app.fail'" in line]
     assert len(failures) == len(users), failures
     for user in users:  # each failure is logged with its own request's method and path
-        assert sum(f"GET /users/{user}" in line for line in log.read_text().splitlines()) >= 1
+        assert sum(f"'GET /users/{user}'" in line for line in failures) == 1, failures
 
 
 def test_flask_callbacks_see_their_own_request_headers(tmp_path: pathlib.Path) -> None:
