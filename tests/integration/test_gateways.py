@@ -2,8 +2,9 @@
 
 A gateway that never calls the response's ``close()`` gives the middleware no moment
 to run the callbacks; when the garbage collector frees the unclosed chain,
-``wsgi_after`` logs each lost callback by name ("the server never called close()"). Versions checked: asgiref
-3.13 (``WsgiToAsgi`` never closes), a2wsgi 1.10 and hypercorn 0.18 (both close).
+``wsgi_after`` logs each lost callback by name ("the server never called close()").
+Versions checked: asgiref 3.13 (``WsgiToAsgi`` never closes), a2wsgi 1.10 and
+hypercorn 0.18 (both close).
 """
 
 from __future__ import annotations

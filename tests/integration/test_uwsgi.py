@@ -22,6 +22,7 @@ import pytest
 from tests.integration import servers
 from tests.integration.client import count_runs, fetch, wait_for_count
 from tests.integration.poll import poll
+from tests.integration.test_flask_isolation import post, seen
 
 #: uWSGI keeps a worker for at least 10 s whatever --max-requests says; not in tests.
 RECYCLE_AT_ONCE = ["--min-worker-lifetime", "0"]
@@ -108,8 +109,6 @@ def test_callbacks_see_their_own_environ_and_log_their_own_request(
 
 
 def test_flask_callbacks_see_their_own_request_headers(tmp_path: pathlib.Path) -> None:
-    from tests.integration.test_flask_isolation import post
-
     db = tmp_path / "seen.sqlite"
     port = servers.free_port()
     command = servers.uwsgi(port, "--threads", str(CONCURRENT), module="isolation_app:app")
@@ -121,11 +120,7 @@ def test_flask_callbacks_see_their_own_request_headers(tmp_path: pathlib.Path) -
             responses = list(pool.map(lambda u: post(port, u), users))
         assert responses == [(200, u.encode()) for u in users]
 
-        def seen() -> list[tuple[str, ...]]:
-            with sqlite3.connect(db, timeout=30) as connection:
-                return connection.execute("select * from seen").fetchall()
-
-        rows = poll(seen, lambda rows: len(rows) >= len(users))
+        rows = poll(lambda: seen(db), lambda rows: len(rows) >= len(users))
     assert sorted(row[0] for row in rows) == users, log.read_text()[-3000:]
     assert [row for row in rows if len(set(row)) != 1] == []  # header, g, session, args, form
 
