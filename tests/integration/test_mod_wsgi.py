@@ -22,6 +22,9 @@ from tests.integration.client import count_runs, fetch, wait_for_count
 from tests.integration.mod_wsgi_express import Express
 from tests.integration.poll import poll
 
+# Building mod_wsgi (the session fixture, ~20 s alone) may take minutes on a busy machine.
+pytestmark = pytest.mark.timeout(300)
+
 
 class Apache(t.NamedTuple):
     port: int

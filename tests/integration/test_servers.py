@@ -83,7 +83,13 @@ class Server(t.NamedTuple):
     db: pathlib.Path
 
 
-@pytest.fixture(scope="module", params=list(SERVERS))
+@pytest.fixture(
+    scope="module",
+    params=[  # building mod_wsgi (~20 s alone) may take minutes on a busy machine
+        pytest.param(name, marks=[pytest.mark.timeout(300)] if name == "mod_wsgi" else [])
+        for name in SERVERS
+    ],
+)
 def server(request: pytest.FixtureRequest) -> collections.abc.Iterator[Server]:
     name = request.param
     spec = SERVERS[name]
