@@ -13,11 +13,12 @@ which later calls the chain to run the callbacks in order::
         after(send_audit_log, environ["PATH_INFO"])
         ...
 
-A chain moves through four states: OPEN while the request runs (``after()``
-appends), QUEUED once handed to the runner, RUNNING while its callbacks run (a
-callback may append more, from its own thread), DONE. Appending and handing
-over take one lock, so an ``after()`` from another thread either lands in the
-chain or raises, never accepted and lost.
+A chain moves through five states: OPEN while the request runs (``after()``
+appends), CLOSING while the server closes the response, QUEUED once handed to
+the runner, RUNNING while its callbacks run (a callback may append more, from
+its own thread), DONE. Appending and handing over are ordered by one lock, so an
+``after()`` from another thread either lands in the chain or raises, never
+accepted and lost; a request that queued nothing never takes the lock.
 """
 
 from __future__ import annotations
@@ -60,11 +61,14 @@ CURRENT: contextvars.ContextVar[Chain | None] = contextvars.ContextVar(
 MAX_CALLBACKS = 1000
 
 # Chain states. A chain accepts callbacks while OPEN (the request runs) and while
-# RUNNING (a callback queues another, in the running thread); QUEUED and DONE refuse.
-OPEN, QUEUED, RUNNING, DONE = range(4)
+# RUNNING (a callback queues another, in the running thread); the others refuse.
+OPEN, CLOSING, QUEUED, RUNNING, DONE = range(5)
 
-# Taken by after() and by the hand-over in on_close(): a callback is appended
-# while the chain is OPEN, or refused; never appended after the runner took it.
+# Taken by after(), which marks the chain (Chain.notes & _APPENDED) before it looks
+# at the state; on_close() sets CLOSING, then, for a marked chain only, takes the
+# lock once before it reads the callbacks. So an after() racing close() from
+# another thread either appended before the hand-over (and is run) or saw CLOSING
+# (and raised); a request that queued nothing never takes the lock.
 _handover = threading.Lock()
 
 _forced_runner: Submits | None = None
@@ -218,7 +222,6 @@ class Chain(ClosingResponse):
     def __call__(self) -> bool:
         self.thread = threading.get_ident()
         self.state = RUNNING
-        request = self.describe()  # before anything is released
         generation = lifecycle.generation
         callbacks = self.callbacks
         scope = self.scope
@@ -247,7 +250,7 @@ class Chain(ClosingResponse):
                     logger.error(
                         "Callback '%s' queued by '%s' raised %s.",
                         callback_name(func),
-                        request,
+                        self.describe(),  # the chain is released only after the loop
                         type(e).__name__,
                         exc_info=True,
                     )
@@ -280,17 +283,23 @@ class Chain(ClosingResponse):
 
     def on_close(self) -> None:
         """The server closed the response: hand the callbacks to the runner, once."""
-        with _handover:
-            if self.state != OPEN:
-                return
-            pending = bool(self.callbacks)
-            self.state = QUEUED if pending else DONE
+        if self.state != OPEN:
+            return
+        self.state = CLOSING  # from here on, after() refuses
+        if self.notes & _APPENDED:
+            # An after() may be appending right now, in another thread: wait for it,
+            # so that its callback is either seen below or was refused.
+            with _handover:
+                pass
+        pending = bool(self.callbacks)
+        self.state = QUEUED if pending else DONE
         token = self.token
         if token is not None:
             self.token = None
-            # Closed from another thread: that context keeps a finished chain.
-            with contextlib.suppress(ValueError):
+            try:  # noqa: SIM105 (a try costs nothing here; contextlib.suppress does)
                 CURRENT.reset(token)
+            except ValueError:
+                pass  # closed from another thread: that context keeps a finished chain
         if not pending:  # most requests: drop the references at once
             self.environ = self._start_response = None
             self._inner = ()
@@ -337,6 +346,7 @@ class Chain(ClosingResponse):
 _TEARDOWN = 1  # the running callback returned; its scope is being torn down
 _WARNED_CAP = 2  # the per-request cap was logged inside a callback
 _WARNED_TEARDOWN = 4  # after() from a scope's teardown was logged
+_APPENDED = 8  # after() took the hand-over lock for this chain
 
 
 class _FutureWatch:
@@ -504,7 +514,7 @@ def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
                 "'after()' got arguments for a coroutine object. Pass the coroutine"
                 " function and its arguments instead: 'after(func, *args)'."
             )
-    elif inspect.isasyncgenfunction(func):
+    elif getattr(getattr(func, "__code__", None), "co_flags", 0) & inspect.CO_ASYNC_GENERATOR:
         raise TypeError(
             f"'after()' cannot run the async generator function '{callback_name(func)}'"
             " to completion. Queue a coroutine function ('async def' with no 'yield')."
@@ -523,6 +533,7 @@ def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
             check(func, args, kwargs)
         entry = (func, args, kwargs, contextvars.copy_context())
         with _handover:
+            chain.notes |= _APPENDED
             state = chain.state
             inside = state == RUNNING and chain.thread == threading.get_ident()
             if state == OPEN or inside:

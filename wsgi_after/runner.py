@@ -431,6 +431,10 @@ class ThreadRunner:
 
     reset_after_fork = _reset
 
+    #: It takes any callback: after() looks this up on every call, and a missing
+    #: attribute costs more than None.
+    check_callback = None
+
     def __repr__(self) -> str:
         return (
             f"<ThreadRunner {self.name!r} max_workers={self.max_workers}"
@@ -747,6 +751,8 @@ class InlineRunner:
     ``KeyboardInterrupt`` or ``SystemExit`` is raised again in the server's
     thread after the request's other callbacks ran.
     """
+
+    check_callback = None  # takes any callback (see ThreadRunner's)
 
     def submit(self, fn: t.Callable[[], object], /) -> None:
         """Run ``fn`` now."""

@@ -1,0 +1,59 @@
+"""Settings of the test project; the environment tunes what the gunicorn tests need.
+
+- ``WSGI_AFTER_DJANGO_DB_NAME``: the database (the test runner's test database
+  when gunicorn serves the project during the tests).
+- ``WSGI_AFTER_CONN_MAX_AGE`` and ``WSGI_AFTER_CONN_HEALTH_CHECKS``: as in Django.
+"""
+
+from __future__ import annotations
+
+import os
+
+SECRET_KEY = "wsgi-after-tests-only"
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+ROOT_URLCONF = "tests.django_project.urls"
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "wsgi_after.django",
+    "tests.django_project.shop",
+]
+
+MIDDLEWARE = [
+    "wsgi_after.django.AfterMiddleware",
+    "django.middleware.common.CommonMiddleware",
+]
+
+
+def _database(name: str, test_name: str) -> dict[str, object]:
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": name,
+        "USER": "postgres",
+        "HOST": "127.0.0.1",
+        "PORT": "5432",
+        "CONN_MAX_AGE": int(os.environ.get("WSGI_AFTER_CONN_MAX_AGE", "0")),
+        "CONN_HEALTH_CHECKS": os.environ.get("WSGI_AFTER_CONN_HEALTH_CHECKS") == "1",
+        # A name of our own: other projects' tests on this server use theirs.
+        "TEST": {"NAME": test_name},
+    }
+
+
+DATABASES = {
+    "default": _database(
+        os.environ.get("WSGI_AFTER_DJANGO_DB_NAME", "test"), "test_wsgi_after_django"
+    ),
+    "other": _database("test", "test_wsgi_after_django_other"),
+}
+
+WSGI_AFTER = {"MAX_WORKERS": 4, "DRAIN_TIMEOUT": 10.0}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"wsgi_after": {"handlers": ["console"], "level": "WARNING"}},
+}

@@ -1,0 +1,135 @@
+"""Views that queue callbacks; the callbacks write rows (across processes) or remember values.
+
+``recorded`` and ``gate`` are for tests in the same process: a callback queued with
+``?wait=1`` first waits (with a timeout) until the test sets ``gate``, which
+shows that it runs after the response arrived.
+"""
+
+from __future__ import annotations
+
+import threading
+import typing as t
+
+from django.db import connection, transaction
+from django.http import (
+    FileResponse,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    StreamingHttpResponse,
+)
+
+from wsgi_after import after, outcome
+from wsgi_after.django import after_commit
+
+from .shop.models import Note
+
+recorded: list[t.Any] = []
+gate = threading.Event()
+
+
+def remember(item: object, wait: bool = False) -> None:
+    if wait and not gate.wait(10):
+        raise TimeoutError("the test never opened the gate")
+    recorded.append((item, outcome()))
+
+
+def write_note(text: str) -> None:
+    Note.objects.create(text=text, thread=threading.current_thread().name)
+
+
+def write_note_locked(text: str) -> None:
+    """Waits for the advisory lock the test holds, then writes."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("select pg_advisory_xact_lock(4242)")
+        Note.objects.create(text=text, thread=threading.current_thread().name)
+
+
+def explode() -> None:
+    raise RuntimeError("the callback failed")
+
+
+def remember_committed(text: str, wait: bool) -> None:
+    remember((text, Note.objects.filter(text=f"{text}-row").exists()), wait)
+
+
+def count_rows(text: str) -> None:
+    remember(Note.objects.filter(text=text).count())
+
+
+def note(request: HttpRequest, text: str) -> HttpResponse:
+    after(write_note, text)
+    return HttpResponse("queued")
+
+
+def locked_note(request: HttpRequest, text: str) -> HttpResponse:
+    after(write_note_locked, text)
+    return HttpResponse("queued")
+
+
+def record(request: HttpRequest, text: str) -> HttpResponse:
+    after(remember, text, wait="wait" in request.GET)
+    return HttpResponse("recorded", status=201)
+
+
+def fail(request: HttpRequest) -> HttpResponse:
+    after(explode)
+    after(remember, "after the failure")
+    return HttpResponse("ok")
+
+
+def boom(request: HttpRequest) -> HttpResponse:
+    after(remember, "boom")
+    raise ValueError("the view failed")
+
+
+def stream(request: HttpRequest) -> StreamingHttpResponse:
+    after(remember, "stream")
+    return StreamingHttpResponse(b"chunk %d\n" % i for i in range(3))
+
+
+def file(request: HttpRequest) -> HttpResponseBase:
+    after(remember, "file")
+    return FileResponse(open(__file__, "rb"))
+
+
+def commit(request: HttpRequest, text: str) -> HttpResponse:
+    if "autocommit" in request.GET:  # no transaction: queued at once, like after()
+        Note.objects.create(text=f"{text}-row")
+        after_commit(remember_committed, text, wait=False)
+        return HttpResponse("done")
+    with transaction.atomic():
+        Note.objects.create(text=f"{text}-row")
+        after_commit(remember_committed, text, wait="wait" in request.GET)
+        if "rollback" in request.GET:
+            transaction.set_rollback(True)
+    return HttpResponse("done")
+
+
+def nested(request: HttpRequest) -> HttpResponse:
+    with transaction.atomic():
+        after_commit(remember, "outer")
+        try:
+            with transaction.atomic():
+                after_commit(remember, "inner, rolled back")
+                raise LookupError("roll the savepoint back")
+        except LookupError:
+            pass
+        after_commit(remember, "after the savepoint")
+    return HttpResponse("done")
+
+
+def other_db(request: HttpRequest) -> HttpResponse:
+    with transaction.atomic(using="other"):
+        with transaction.atomic():
+            after_commit(remember, "default, rolled back")
+            after_commit(remember, "other, inside default's rollback", using="other")
+            transaction.set_rollback(True)
+        after_commit(remember, "other", using="other")
+    return HttpResponse("done")
+
+
+def view_row(request: HttpRequest) -> HttpResponse:
+    Note.objects.create(text="view-row")
+    after(count_rows, "view-row")
+    return HttpResponse("done")

@@ -1,0 +1,10 @@
+"""The project's plain WSGI application, as ``startproject`` writes it."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.django_project.settings")
+application = get_wsgi_application()

@@ -1,0 +1,61 @@
+"""System checks: a bad ``WSGI_AFTER`` value, and the middleware missing or not first.
+
+Run by ``manage.py check``, ``runserver`` and the test runner once the app
+``wsgi_after.django`` is in ``INSTALLED_APPS``.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from django.conf import settings
+from django.core import checks
+
+from .conf import problems
+
+MIDDLEWARE_PATHS = (
+    "wsgi_after.django.AfterMiddleware",
+    "wsgi_after.django.middleware.AfterMiddleware",
+)
+FIRST_HINT = "Put 'wsgi_after.django.AfterMiddleware' first: MIDDLEWARE = [" + (
+    "'wsgi_after.django.AfterMiddleware', ...]."
+)
+
+
+@checks.register()
+def check_settings(app_configs: t.Any = None, **kwargs: t.Any) -> list[checks.CheckMessage]:
+    """``wsgi_after.E001``: ``WSGI_AFTER`` has a bad key or value."""
+    value = getattr(settings, "WSGI_AFTER", {})
+    return [
+        checks.Error(problem, hint="See the Django section of wsgi_after's README.",
+                     id="wsgi_after.E001")
+        for problem in problems(value)
+    ]  # fmt: skip
+
+
+@checks.register()
+def check_middleware(app_configs: t.Any = None, **kwargs: t.Any) -> list[checks.CheckMessage]:
+    """``wsgi_after.E002``: the middleware is missing; ``wsgi_after.E003``: it is not first."""
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+    positions = [i for i, path in enumerate(middleware) if path in MIDDLEWARE_PATHS]
+    if not positions:
+        return [
+            checks.Error(
+                "'wsgi_after.django.AfterMiddleware' is not in MIDDLEWARE, so 'after()'"
+                " raises 'OutsideRequestError' in views.",
+                hint=FIRST_HINT,
+                id="wsgi_after.E002",
+            )
+        ]
+    if positions[0] != 0:
+        return [
+            checks.Error(
+                f"'wsgi_after.django.AfterMiddleware' is at position {positions[0]} of"
+                f" MIDDLEWARE, after {middleware[0]!r}: middleware above it runs outside"
+                " the request's callbacks, and one that replaces the response would keep"
+                " them from ever running.",
+                hint=FIRST_HINT,
+                id="wsgi_after.E003",
+            )
+        ]
+    return []

@@ -1,0 +1,106 @@
+"""The ``WSGI_AFTER`` setting: read once, with the core's defaults, checked.
+
+::
+
+    WSGI_AFTER = {"MAX_WORKERS": 8, "ON_FULL": "drop"}
+
+:func:`options` reads ``settings.WSGI_AFTER`` at first use and keeps the result;
+``override_settings`` (and anything else that sends ``setting_changed``) makes it
+read again, so a test can switch ``INLINE`` on. :func:`problems` is what the
+system check reports; :func:`options` raises the first of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+#: The keys of ``WSGI_AFTER`` and their defaults: the core's (see ``ThreadRunner``).
+DEFAULTS: dict[str, object] = {
+    "MAX_WORKERS": None,  # min(32, cpu_count + 4), like ThreadPoolExecutor
+    "MAX_PENDING": 1000,
+    "ON_FULL": "block",
+    "DRAIN_TIMEOUT": 25.0,  # under gunicorn's 30 s graceful_timeout
+    "INLINE": False,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """``WSGI_AFTER`` with every key filled in."""
+
+    max_workers: int | None
+    max_pending: int
+    on_full: t.Literal["block", "run", "drop"]
+    drain_timeout: float
+    inline: bool
+
+
+def problems(value: object) -> list[str]:
+    """What is wrong with a ``WSGI_AFTER`` value, one sentence per problem naming the fix."""
+    if not isinstance(value, dict):
+        return [f"'WSGI_AFTER' must be a dict, got {type(value).__name__!r}."]
+    found = []
+    for key in value:
+        if key not in DEFAULTS:
+            found.append(
+                f"'WSGI_AFTER' has an unknown key {key!r}; the keys are"
+                f" {', '.join(map(repr, DEFAULTS))}."
+            )
+    workers = value.get("MAX_WORKERS")
+    if workers is not None and (type(workers) is not int or workers < 1):
+        found.append(
+            f"WSGI_AFTER['MAX_WORKERS'] must be None or an int of at least 1, got {workers!r}."
+        )
+    pending = value.get("MAX_PENDING", 1000)
+    if type(pending) is not int or pending < 1:
+        found.append(f"WSGI_AFTER['MAX_PENDING'] must be an int of at least 1, got {pending!r}.")
+    on_full = value.get("ON_FULL", "block")
+    if on_full not in ("block", "run", "drop"):
+        found.append(f"WSGI_AFTER['ON_FULL'] must be 'block', 'run' or 'drop', got {on_full!r}.")
+    drain = value.get("DRAIN_TIMEOUT", 25.0)
+    if type(drain) not in (int, float) or drain < 0:  # bool is not a number of seconds
+        found.append(
+            f"WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0, got {drain!r}."
+        )
+    inline = value.get("INLINE", False)
+    if type(inline) is not bool:
+        found.append(f"WSGI_AFTER['INLINE'] must be True or False, got {inline!r}.")
+    return found
+
+
+_cached: list[Options] = []
+
+
+def options() -> Options:
+    """``settings.WSGI_AFTER`` with the defaults filled in, read once.
+
+    :raises ImproperlyConfigured: if the setting has a bad value.
+    """
+    if _cached:
+        return _cached[0]
+    value = getattr(settings, "WSGI_AFTER", {})
+    found = problems(value)
+    if found:
+        raise ImproperlyConfigured(found[0])
+    full = {**DEFAULTS, **t.cast(dict[str, t.Any], value)}
+    read = Options(
+        max_workers=full["MAX_WORKERS"],
+        max_pending=full["MAX_PENDING"],
+        on_full=full["ON_FULL"],
+        drain_timeout=float(full["DRAIN_TIMEOUT"]),
+        inline=full["INLINE"],
+    )
+    _cached[:] = [read]
+    return read
+
+
+@receiver(setting_changed)
+def _forget(*, setting: str, **kwargs: object) -> None:
+    if setting == "WSGI_AFTER":
+        _cached.clear()

@@ -1,0 +1,71 @@
+"""Where the Django middleware's chains run: chosen per chain from ``WSGI_AFTER``.
+
+:class:`SettingsRunner` is the runner the middleware gives the core. For each
+request that queued callbacks it looks at the settings as they are *now*, so
+``override_settings(WSGI_AFTER={"INLINE": True})`` in a test takes effect at
+once: an active :func:`~wsgi_after.django.capture_after_callbacks` takes the
+chain; ``INLINE`` runs it in the thread that closes the response; otherwise the
+process's :class:`~wsgi_after.ThreadRunner` for these options gets it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import typing as t
+
+from ..runner import InlineRunner, ThreadRunner
+from .conf import Options, options
+from .inline import run_inline
+from .testing import active_capture
+
+_lock = threading.Lock()
+_thread_runners: dict[Options, ThreadRunner] = {}
+
+
+def get_runner() -> ThreadRunner | InlineRunner:
+    """The runner the current ``WSGI_AFTER`` setting selects (for ``stats()``, ``wait_idle()``).
+
+    One :class:`~wsgi_after.ThreadRunner` per process and set of options, built
+    at first use (so after gunicorn's fork); an :class:`~wsgi_after.InlineRunner`
+    when ``INLINE`` is True.
+    """
+    opts = options()
+    if opts.inline:
+        return InlineRunner()
+    return thread_runner(opts)
+
+
+def thread_runner(opts: Options) -> ThreadRunner:
+    """The process's :class:`~wsgi_after.ThreadRunner` for ``opts``."""
+    key = dataclasses.replace(opts, inline=False)  # switching INLINE keeps one pool
+    runner = _thread_runners.get(key)
+    if runner is None:
+        with _lock:
+            runner = _thread_runners.get(key)
+            if runner is None:
+                runner = _thread_runners[key] = ThreadRunner(
+                    max_workers=opts.max_workers,
+                    max_pending=opts.max_pending,
+                    on_full=opts.on_full,
+                    drain_timeout=opts.drain_timeout,
+                    name="wsgi-after-django",
+                )
+    return runner
+
+
+class SettingsRunner:
+    """Hands each chain to a capture, runs it inline, or queues it on the thread pool."""
+
+    def submit(self, task: t.Callable[[], object], /) -> None:
+        """Run or queue ``task`` as the settings say now."""
+        capture = active_capture()
+        if capture is not None:
+            capture.take(task)
+        elif options().inline:
+            run_inline(task)
+        else:
+            thread_runner(options()).submit(task)
+
+    def __repr__(self) -> str:
+        return "<SettingsRunner WSGI_AFTER>"

@@ -1,0 +1,142 @@
+"""``after_commit()``: queue a callback when the current transaction commits.
+
+::
+
+    from django.db import transaction
+    from wsgi_after.django import after_commit
+
+    with transaction.atomic():
+        order = Order.objects.create(...)
+        after_commit(send_receipt, order.pk)  # runs after the response, if this commits
+
+Django's ``transaction.on_commit`` runs its function in the request's thread as
+soon as the outermost atomic block commits: before the response is sent. This
+registers an ``on_commit`` hook (so savepoints behave exactly like Django's: a
+rolled-back savepoint drops the callbacks registered inside it) whose only job is
+to ``after()`` the callback; it then runs after the response like any ``after()``
+callback. A callback whose transaction rolls back is never queued, which is
+logged at DEBUG. Outside a transaction (autocommit) it is queued at once.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import typing as t
+import weakref
+
+from django.db import DEFAULT_DB_ALIAS, transaction
+
+from .. import OutsideRequestError, after, current_chain
+from ..naming import callback_name
+from .database import callback_scope
+from .inline import take_errors
+from .runner import SettingsRunner
+
+logger = logging.getLogger("wsgi_after")
+
+
+def after_commit(
+    func: t.Callable[..., object], /, *args: t.Any, using: str | None = None, **kwargs: t.Any
+) -> None:
+    """Run ``func(*args, **kwargs)`` after the response, if the transaction on ``using`` commits.
+
+    :param func: a callable (a coroutine function works, as with ``after()``).
+    :param using: the database alias (``None``: the default database).
+    :raises TypeError: if ``func`` is not callable.
+    :raises OutsideRequestError: if no request handled by the middleware is current.
+    :raises django.db.transaction.TransactionManagementError: under manual
+        transaction management (``set_autocommit(False)``), like ``on_commit``.
+    """
+    if not callable(func):
+        raise TypeError(f"'after_commit()' needs a callable, got {type(func).__name__!r}.")
+    if current_chain() is None:
+        raise OutsideRequestError(
+            "'after_commit()' was called outside a request. Put"
+            " 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE."
+        )
+    hook = _OnCommit(func, args, kwargs, using or DEFAULT_DB_ALIAS)
+    transaction.on_commit(hook, using=using)
+
+
+class _OnCommit:
+    """The ``on_commit`` hook: queues the callback in the context of the ``after_commit()`` call."""
+
+    __slots__ = ("__weakref__", "args", "context", "func", "kwargs", "state")
+
+    def __init__(
+        self, func: t.Any, args: tuple[t.Any, ...], kwargs: dict[str, t.Any], alias: str
+    ) -> None:
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.context = contextvars.copy_context()
+        self.state = [False]  # committed; shared with the finalizer
+        # Django drops the hooks of a rolled-back transaction or savepoint: when it
+        # frees this one uncalled, say so (reference counting does it at once).
+        finalizer = weakref.finalize(self, _rolled_back, self.state, callback_name(func), alias)
+        finalizer.atexit = False
+
+    def __call__(self) -> None:
+        self.state[0] = True
+        try:
+            self.context.run(after, self.func, *self.args, **self.kwargs)
+        except OutsideRequestError:
+            # Committed after the request's response was closed: TestCase's
+            # captureOnCommitCallbacks(execute=True), or a transaction that outlived
+            # the view. Run it like a chain of its own.
+            SettingsRunner().submit(_LateCallback(self.func, self.args, self.kwargs, self.context))
+            errors = take_errors()  # it ran inline (tests): fail like a chain would
+            if errors:
+                raise errors[0] from None
+
+
+def _rolled_back(state: list[bool], name: str, alias: str) -> None:
+    if not state[0]:
+        logger.debug(
+            "Callback '%s' queued with 'after_commit()' was not run: the transaction on"
+            " database '%s' rolled back.",
+            name,
+            alias,
+        )
+
+
+class _LateCallback:
+    """An ``after_commit()`` callback whose transaction committed after its response closed."""
+
+    def __init__(
+        self,
+        func: t.Any,
+        args: tuple[t.Any, ...],
+        kwargs: dict[str, t.Any],
+        context: contextvars.Context,
+    ) -> None:
+        self.callbacks = [(func, args, kwargs, context)]
+        self.scope = callback_scope()
+
+    def describe(self) -> str:
+        return "a transaction committed after its response"
+
+    def callback_names(self) -> list[str]:
+        return [callback_name(c[0]) for c in self.callbacks]
+
+    def discard(self) -> None:
+        self.callbacks = []
+
+    def __call__(self) -> bool:
+        for func, args, kwargs, context in self.callbacks:
+            try:
+                context.copy().run(self._call, func, args, kwargs)
+            except Exception:
+                logger.error(
+                    "Callback '%s' queued with 'after_commit()' by %s raised.",
+                    callback_name(func),
+                    self.describe(),
+                    exc_info=True,
+                )
+                return False
+        return True
+
+    def _call(self, func: t.Any, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> None:
+        with self.scope():
+            func(*args, **kwargs)
