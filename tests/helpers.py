@@ -1,12 +1,42 @@
-"""Helpers for the tests: call a WSGI app the way a server does."""
+"""Helpers for the unit tests: call a WSGI app the way a server does, and wait.
+
+Tests synchronise with :class:`threading.Event` and barriers; where there is
+nothing to wait on (a counter, a log line from another thread), they poll with
+:func:`wait_for`, the one poll loop of the unit tests, under a generous deadline
+(:data:`TIMEOUT`) so that a loaded machine slows them down but never fails them.
+"""
 
 from __future__ import annotations
 
+import time
 import typing as t
 import wsgiref.util
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
+
+
+T = t.TypeVar("T")
+
+#: Seconds a test waits for something that should happen at once: far more than it
+#: ever takes, so that only a real hang (a bug) reaches it.
+TIMEOUT = 10.0
+
+
+def wait_for(condition: t.Callable[[], T], timeout: float = TIMEOUT, what: str = "") -> T:
+    """Poll ``condition`` until it returns something true; return that.
+
+    :raises AssertionError: naming ``what`` (or the condition) if ``timeout``
+        seconds pass first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"gave up after {timeout} s waiting for {what or condition!r}")
+        time.sleep(0.002)
 
 
 class Response(t.NamedTuple):

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import inspect
 import logging
 import sys
 import threading
-import time
 import typing as t
 
 import pytest
 
-from tests.helpers import call, make_environ, serve
+from tests.helpers import TIMEOUT, call, make_environ, serve
 from wsgi_after import (
     AfterMiddleware,
     InlineRunner,
@@ -102,7 +102,7 @@ def test_callbacks_run_in_order_in_one_task(runner: ThreadRunner) -> None:
             after(record, i)
 
     serve(AfterMiddleware(text_app(view), runner=CountingRunner()))
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     assert [i for _, i in ran] == [0, 1, 2, 3, 4]
     assert len(submitted) == 1
     assert len({name for name, _ in ran}) == 1
@@ -110,7 +110,7 @@ def test_callbacks_run_in_order_in_one_task(runner: ThreadRunner) -> None:
 
 
 def test_requests_run_concurrently(runner: ThreadRunner) -> None:
-    barrier = threading.Barrier(2, timeout=5)
+    barrier = threading.Barrier(2, timeout=TIMEOUT)
     passed: list[bool] = []
 
     def meet() -> None:
@@ -120,7 +120,7 @@ def test_requests_run_concurrently(runner: ThreadRunner) -> None:
     app = AfterMiddleware(text_app(lambda environ: after(meet)), runner=runner)
     serve(app)
     serve(app)
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     assert passed == [True, True]
 
 
@@ -167,7 +167,7 @@ def test_failing_callback_is_logged_by_name_and_the_rest_run(
 
     response = serve(AfterMiddleware(text_app(view), runner=runner), "/orders/7", "POST")
     assert response.body == b"ok"
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     assert ran == ["first", "last"]
     [record] = [r for r in log.records if r.levelname == "ERROR"]
     assert record.name == "wsgi_after"
@@ -257,7 +257,7 @@ def test_contextvars_snapshot_flows_in_and_changes_do_not_leak(runner: ThreadRun
     app = AfterMiddleware(text_app(view), runner=runner)
     for i in range(20):
         serve(app, f"/r{i}")
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     assert len(seen) == 40
     assert all(expected == got for expected, got in seen)
 
@@ -323,7 +323,7 @@ def test_a_base_exception_in_a_callback_is_logged_by_name_and_the_rest_run(
         after(ran.append, "last")
 
     serve(AfterMiddleware(text_app(view), runner=runner), "/pay", "POST")
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     assert ran == ["first", "last"]
     [record] = [r for r in log.records if r.levelname == "ERROR"]
     assert record.getMessage() == (
@@ -367,7 +367,7 @@ def test_after_from_a_thread_with_the_requests_context_lands_or_raises() -> None
     outcomes: list[str] = []
     for i in range(rounds):
         ran: list[int] = []
-        ready = threading.Barrier(2, timeout=5)
+        ready = threading.Barrier(2, timeout=TIMEOUT)
         result: list[str] = []
 
         def racer(
@@ -384,23 +384,30 @@ def test_after_from_a_thread_with_the_requests_context_lands_or_raises() -> None
             else:
                 result.append("accepted")
 
-        def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        threads: list[threading.Thread] = []
+
+        def app(
+            environ: WSGIEnvironment,
+            start_response: StartResponse,
+            threads: list[threading.Thread] = threads,
+            racer: t.Callable[[], None] = racer,
+        ) -> list[bytes]:
             ctx = contextvars.copy_context()
-            threading.Thread(target=ctx.run, args=(racer,)).start()
+            threads.append(threading.Thread(target=ctx.run, args=(racer,)))
+            threads[0].start()
             start_response("200 OK", [])
             return [b"ok"]
 
         iterable = call(AfterMiddleware(app, runner=runner))
         ready.wait()
         iterable.close()
-        deadline = time.monotonic() + 5
-        while not result and time.monotonic() < deadline:
-            time.sleep(0.001)
+        threads[0].join(TIMEOUT)
         assert result, "the racing thread did not finish"
         # accepted means it ran (inline, in close()); refused means it did not.
         assert ran == ([i] if result == ["accepted"] else []), (result, ran)
         outcomes.append(result[0])
     assert set(outcomes) <= {"accepted", "refused"}
+    assert len(outcomes) == rounds
 
 
 def test_after_once_the_response_closed_says_so(runner: ThreadRunner) -> None:
@@ -601,8 +608,169 @@ def test_a_forged_path_cannot_forge_a_log_line(
 
     path = "/caf\xc3\xa9\r\n2026-01-01 ERROR forged"  # WSGI's latin-1 form of UTF-8 bytes
     serve(AfterMiddleware(text_app(view), runner=runner), path)
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     [message] = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
     assert "\n" not in message
     assert "\r" not in message
     assert "'GET /café\\r\\n2026-01-01 ERROR forged'" in message
+
+
+def test_after_is_refused_while_the_chain_waits_in_the_queue() -> None:
+    # Between close() and the worker taking it the chain is QUEUED: an after() then
+    # (from a thread holding the request's context) must raise, never be accepted
+    # into a chain whose callbacks may already be running elsewhere.
+    busy, release = threading.Event(), threading.Event()
+    runner = ThreadRunner(max_workers=1, drain_timeout=TIMEOUT)
+    runner.submit(lambda: hold(busy, release))
+    assert busy.wait(TIMEOUT)
+    kept: list[contextvars.Context] = []
+    ran: list[str] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(ran.append, "queued")
+        kept.append(contextvars.copy_context())
+
+    serve(AfterMiddleware(text_app(view), runner=runner), "/queued")
+    assert runner.stats().queued == 1
+    with pytest.raises(OutsideRequestError) as info:
+        kept[0].run(after, ran.append, "late")
+    assert str(info.value).startswith(
+        "'after()' was called for 'GET /queued' after its response was closed"
+    )
+    release.set()
+    assert runner.wait_idle(TIMEOUT)
+    assert ran == ["queued"]
+    runner.shutdown(TIMEOUT)
+
+
+def test_a_dropped_chains_coroutines_are_closed() -> None:
+    # Dropped (queue full): the coroutine objects never run, and are closed at once,
+    # so that no "coroutine was never awaited" warning comes later.
+    busy, release = threading.Event(), threading.Event()
+    runner = ThreadRunner(max_workers=1, max_pending=1, on_full="drop", drain_timeout=TIMEOUT)
+    runner.submit(lambda: hold(busy, release))
+    assert busy.wait(TIMEOUT)
+    runner.submit(lambda: None)  # fills the queue
+    coros: list[t.Coroutine[t.Any, t.Any, None]] = []
+
+    async def job() -> None:
+        pass
+
+    def view(environ: WSGIEnvironment) -> None:
+        coros.append(job())
+        after(coros[0])
+
+    serve(AfterMiddleware(text_app(view), runner=runner), "/dropped")
+    assert runner.stats().dropped == 1
+    assert inspect.getcoroutinestate(coros[0]) == "CORO_CLOSED"
+    release.set()
+    assert runner.wait_idle(TIMEOUT)
+    runner.shutdown(TIMEOUT)
+
+
+def hold(busy: threading.Event, release: threading.Event) -> None:
+    """Keep a runner's worker busy until ``release`` is set."""
+    busy.set()
+    release.wait(TIMEOUT)
+
+
+def test_each_refusal_inside_callbacks_is_logged_once_per_request(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    # Two callbacks, each refused past the cap and again from its scope's teardown:
+    # one ERROR and one DEBUG line for the request, not one per callback.
+    coros: list[t.Coroutine[t.Any, t.Any, None]] = []
+
+    async def job() -> None:
+        pass
+
+    @contextlib.contextmanager
+    def scope() -> t.Iterator[None]:
+        yield
+        after(print)  # from teardown: ignored
+
+    def over_the_cap() -> None:
+        coros.append(job())
+        after(coros[-1])  # refused: the coroutine is closed, never left pending
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        chain = current_chain()
+        assert chain is not None
+        chain.scope = scope
+        after(over_the_cap)
+        after(over_the_cap)
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(AfterMiddleware(app, runner=InlineRunner(), max_callbacks=2), "/cap")
+    assert [(r.levelname, r.getMessage()[:15]) for r in log.records] == [
+        ("ERROR", "Refused 'after("),
+        ("DEBUG", "Ignored 'after("),
+    ]
+    assert [inspect.getcoroutinestate(c) for c in coros] == ["CORO_CLOSED"] * 2
+
+
+def test_the_chain_is_current_in_its_callbacks_only_while_they_run() -> None:
+    kept: list[contextvars.Context] = []
+    seen: list[object] = []
+
+    def callback() -> None:
+        seen.append(current_chain())
+        kept.append(contextvars.copy_context())
+
+    def view(environ: WSGIEnvironment) -> None:
+        seen.append(current_chain())
+        after(callback)
+
+    serve(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    assert seen[0] is not None
+    assert seen == [seen[0], seen[0]]  # the request's chain, in the view and the callback
+    # Afterwards, in the same thread, with the callback's own context: nothing.
+    assert kept[0].run(current_chain) is None
+    assert kept[0].run(outcome) is None
+
+
+class FailingFutures:
+    """An executor-like runner whose futures report ``error`` (after running the task,
+    when ``run``)."""
+
+    def __init__(self, error: BaseException, run: bool = False) -> None:
+        self.error = error
+        self.run = run
+
+    def submit(self, fn: t.Callable[[], object]) -> concurrent.futures.Future[object]:
+        if self.run:
+            fn()
+        future: concurrent.futures.Future[object] = concurrent.futures.Future()
+        future.set_exception(self.error)
+        return future
+
+
+def test_an_error_a_future_reports_is_logged_with_it(log: pytest.LogCaptureFixture) -> None:
+    error = OSError("executor broke")
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(print, end="")
+
+    serve(AfterMiddleware(text_app(view), runner=FailingFutures(error)), "/f")
+    [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert record.getMessage() == (
+        "Callbacks ['builtins.print'] queued by 'GET /f': the executor reported an error."
+    )
+    assert record.exc_info is not None
+    assert record.exc_info[1] is error
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), SystemExit(1)], ids=["KI", "exit"])
+def test_an_interrupt_a_future_reports_is_not_logged_again(
+    error: BaseException, log: pytest.LogCaptureFixture
+) -> None:
+    # The chain logged the callback that raised it; the executor only passes it on.
+    ran: list[str] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(ran.append, "x")
+
+    serve(AfterMiddleware(text_app(view), runner=FailingFutures(error, run=True)))
+    assert ran == ["x"]
+    assert [r for r in log.records if r.levelname == "ERROR"] == []

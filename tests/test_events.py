@@ -10,7 +10,7 @@ import typing as t
 
 import pytest
 
-from tests.helpers import call, serve
+from tests.helpers import TIMEOUT, call, serve, wait_for
 from wsgi_after import AfterMiddleware, InlineRunner, ThreadRunner, after, events
 
 if t.TYPE_CHECKING:
@@ -62,11 +62,54 @@ def test_a_callbacks_life_in_events(seen: list[tuple[events.CallbackEvent, str]]
     # Started and after: inside the callback's context, so the request's trace is there.
     assert [ctx for e, ctx in seen if e.kind != "queued"] == ["trace-1"] * 4
     failed = seen[-1][0]
-    assert isinstance(failed.error, ValueError)
-    assert failed.run_time is not None
-    assert failed.run_time >= 0
-    assert failed.queue_delay is not None
-    assert failed.queue_delay >= 0
+    assert type(failed.error) is ValueError
+    assert str(failed.error) == "broken"
+    assert [e.error for e, _ in seen[:-1]] == [None] * 5
+    # Measured once the response closed and around each call; none before.
+    assert [(e.queue_delay is None, e.run_time is None) for e, _ in seen] == [
+        (True, True),
+        (True, True),
+        (False, True),
+        (False, False),
+        (False, True),
+        (False, False),
+    ]
+
+
+def test_events_measure_the_queue_delay_and_the_run_time(
+    seen: list[tuple[events.CallbackEvent, str]],
+) -> None:
+    # The delays are real ones the test makes; sleeping is the work being measured.
+    busy, release = threading.Event(), threading.Event()
+    runner = ThreadRunner(max_workers=1, drain_timeout=TIMEOUT)
+
+    def hold() -> None:
+        busy.set()
+        release.wait(TIMEOUT)
+
+    def slow() -> None:
+        time.sleep(0.2)
+
+    def view(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(slow)
+        start_response("200 OK", [])
+        return [b""]
+
+    runner.submit(hold)
+    assert busy.wait(TIMEOUT)
+    closed = time.monotonic()
+    serve(AfterMiddleware(view, runner=runner))  # queued behind hold()
+    time.sleep(0.3)
+    release.set()
+    assert runner.wait_idle(TIMEOUT)
+    total = time.monotonic() - closed
+    started, finished = (e for e, _ in seen if e.kind in ("started", "finished"))
+    assert started.queue_delay is not None
+    assert 0.3 <= started.queue_delay <= total
+    assert finished.queue_delay == started.queue_delay
+    assert finished.run_time is not None
+    assert 0.2 <= finished.run_time <= total - started.queue_delay
+    runner.shutdown(TIMEOUT)
 
 
 def test_dropped_and_lost_callbacks_are_events(
@@ -80,7 +123,7 @@ def test_dropped_and_lost_callbacks_are_events(
         release.wait(10)
 
     runner.submit(hold)
-    assert busy.wait(5)
+    assert busy.wait(TIMEOUT)
 
     def two(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
         after(ok)
@@ -150,11 +193,9 @@ def test_a_slow_callback_is_logged_once_with_its_stack(log: pytest.LogCaptureFix
         return [b""]
 
     serve(AfterMiddleware(view, runner=runner), "/stuck")
-    deadline = time.monotonic() + 10
-    while runner.stats().hung == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: runner.stats().hung, what="the slow callback's report")
     release.set()
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     warnings = [r.getMessage() for r in log.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert warnings[0].startswith(
@@ -163,4 +204,43 @@ def test_a_slow_callback_is_logged_once_with_its_stack(log: pytest.LogCaptureFix
     )
     assert "release.wait(10)" in warnings[0]  # the stack shows where it is stuck
     assert runner.stats().hung == 1
-    runner.shutdown(5)
+    runner.shutdown(TIMEOUT)
+
+
+def test_each_slow_callback_is_an_event_and_one_watchdog_watches(
+    seen: list[tuple[events.CallbackEvent, str]],
+) -> None:
+    # Two slow callbacks of one request, one after the other on the same worker:
+    # each reported once, as a "slow" event with its name and request.
+    runner = ThreadRunner(max_workers=2, slow_callback=0.1, drain_timeout=TIMEOUT, name="wd")
+    gates = [threading.Event(), threading.Event()]
+
+    def first() -> None:
+        gates[0].wait(TIMEOUT)
+
+    def second() -> None:
+        gates[1].wait(TIMEOUT)
+
+    def view(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(first)
+        after(second)
+        start_response("200 OK", [])
+        return [b""]
+
+    runner.start()
+    watchdogs = [th for th in threading.enumerate() if th.name == "wd-watchdog"]
+    assert [th.daemon for th in watchdogs] == [True]  # one, whatever the workers
+    serve(AfterMiddleware(view, runner=runner), "/slow", "PUT")
+    wait_for(lambda: runner.stats().hung == 1, what="the first report")
+    gates[0].set()
+    wait_for(lambda: runner.stats().hung == 2, what="the second report")
+    gates[1].set()
+    assert runner.wait_idle(TIMEOUT)
+    slow = [e for e, _ in seen if e.kind == "slow"]
+    assert [(e.name.rsplit(".", 1)[-1], e.method, e.path) for e in slow] == [
+        ("first", "PUT", "/slow"),
+        ("second", "PUT", "/slow"),
+    ]
+    assert all(e.run_time is not None and e.run_time >= 0.1 for e in slow)
+    assert runner.stats().hung == 2
+    runner.shutdown(TIMEOUT)

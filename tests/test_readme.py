@@ -1,7 +1,8 @@
-"""Every Python block in README.md runs as written."""
+"""Every Python block in README.md runs as written, and passes ``mypy --strict``."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import subprocess
@@ -35,3 +36,51 @@ def test_readme_block_runs(code: str, tmp_path: pathlib.Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+PYPROJECT = README.parent / "pyproject.toml"
+
+
+@pytest.fixture(scope="module")
+def mypy_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    """Run ``mypy --strict`` once over every block (one file each); its errors by file."""
+    folder = tmp_path_factory.mktemp("readme_blocks")
+    names = [f"readme_block{i}.py" for i in range(len(BLOCKS))]
+    for name, code in zip(names, BLOCKS, strict=True):
+        (folder / name).write_text(code)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--config-file",
+            str(PYPROJECT),
+            "--cache-dir",
+            str(folder / ".mypy_cache"),
+            "--no-error-summary",
+            *names,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=folder,
+        env={**os.environ, "MYPYPATH": str(README.parent)},  # mypy cannot see editable installs
+    )
+    errors: dict[str, list[str]] = {name: [] for name in names}
+    for line in done.stdout.splitlines():
+        name = line.split(":", 1)[0]
+        if name not in errors:  # a message not about one block: fail every block with it
+            for lines in errors.values():
+                lines.append(line)
+        else:
+            errors[name].append(line)
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    assert done.returncode == 0 or any(errors.values()), done.stdout + done.stderr
+    return errors
+
+
+@pytest.mark.parametrize("index", [pytest.param(i, id=f"block{i}") for i in range(len(BLOCKS))])
+def test_readme_block_passes_mypy_strict(index: int, mypy_errors: dict[str, list[str]]) -> None:
+    errors = mypy_errors[f"readme_block{index}.py"]
+    assert errors == [], "\n".join(errors)

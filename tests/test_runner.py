@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -11,9 +12,10 @@ import typing as t
 
 import pytest
 
-from tests.helpers import serve
+from tests.helpers import TIMEOUT, serve, wait_for
 from wsgi_after import AfterMiddleware, InlineRunner, RunnerStats, ThreadRunner, after
 from wsgi_after.losslog import LossLog
+from wsgi_after.runner import run_task
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -28,11 +30,19 @@ def blocked_runner(
 
     def hold() -> None:
         busy.set()
-        release.wait(10)
+        release.wait(TIMEOUT)
 
     runner.submit(hold)
-    assert busy.wait(5)
+    assert busy.wait(TIMEOUT)
     return runner, busy, release
+
+
+def wait_until_blocked(runner: ThreadRunner, count: int = 1) -> None:
+    """Wait until ``count`` submitters wait for room in ``runner``'s full queue.
+
+    White box: nothing public tells that a thread waits inside ``submit()``.
+    """
+    wait_for(lambda: runner._blocked == count, what=f"{count} blocked submitter(s)")
 
 
 def test_submit_runs_on_named_worker_threads(runner: ThreadRunner) -> None:
@@ -44,7 +54,7 @@ def test_submit_runs_on_named_worker_threads(runner: ThreadRunner) -> None:
         done.set()
 
     runner.submit(record)
-    assert done.wait(5)
+    assert done.wait(TIMEOUT)
     assert names[0].startswith("test-runner-")
 
 
@@ -52,7 +62,7 @@ def test_threads_start_when_tasks_need_them() -> None:
     runner = ThreadRunner(max_workers=3, name="lazy")
     assert not [th for th in threading.enumerate() if th.name.startswith("lazy-")]
     runner.submit(lambda: None)
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     assert [th.name for th in threading.enumerate() if th.name.startswith("lazy-")] == ["lazy-0"]
     runner.start()
     assert sorted(th.name for th in threading.enumerate() if th.name.startswith("lazy-")) == [
@@ -60,7 +70,7 @@ def test_threads_start_when_tasks_need_them() -> None:
         "lazy-1",
         "lazy-2",
     ]
-    runner.shutdown(5)
+    runner.shutdown(TIMEOUT)
 
 
 def test_stats_count_completed_failed_and_delay(runner: ThreadRunner) -> None:
@@ -71,7 +81,7 @@ def test_stats_count_completed_failed_and_delay(runner: ThreadRunner) -> None:
         raise ValueError("task")
 
     runner.submit(raises)
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     stats = runner.stats()
     assert (stats.queued, stats.running, stats.completed, stats.failed, stats.dropped) == (
         0,
@@ -80,8 +90,41 @@ def test_stats_count_completed_failed_and_delay(runner: ThreadRunner) -> None:
         2,
         0,
     )
-    assert stats.max_queue_delay >= 0
-    assert isinstance(stats, RunnerStats)
+
+
+def test_max_queue_delay_is_the_longest_wait_in_the_queue() -> None:
+    runner, _, release = blocked_runner("block", max_pending=10)
+    queued_at = time.monotonic()
+    runner.submit(quick_task)  # waits behind the blocked worker
+    time.sleep(0.3)  # the delay measured here; nothing is synchronised by it
+    release.set()
+    assert runner.wait_idle(TIMEOUT)
+    waited = time.monotonic() - queued_at
+    stats = runner.stats()
+    assert 0.3 <= stats.max_queue_delay <= waited
+    runner.shutdown(TIMEOUT)
+    # Folded into the retired workers' counters once the threads ended.
+    assert runner.stats().max_queue_delay == stats.max_queue_delay
+
+
+def test_stats_while_tasks_wait_and_run() -> None:
+    runner, _, release = blocked_runner("block", max_pending=10)
+    runner.submit(quick_task)
+    runner.submit(quick_task)
+    assert runner.stats() == RunnerStats(
+        queued=2,
+        running=1,
+        completed=0,
+        failed=0,
+        dropped=0,
+        max_queue_delay=runner.stats().max_queue_delay,
+        hung=0,
+    )
+    release.set()
+    assert runner.wait_idle(TIMEOUT)
+    stats = runner.stats()
+    assert (stats.queued, stats.running, stats.completed) == (0, 0, 3)
+    runner.shutdown(TIMEOUT)
 
 
 def test_wait_idle_times_out_while_busy() -> None:
@@ -89,8 +132,8 @@ def test_wait_idle_times_out_while_busy() -> None:
     assert runner.wait_idle(0.05) is False
     assert runner.stats().running == 1
     release.set()
-    assert runner.wait_idle(5) is True
-    runner.shutdown(5)
+    assert runner.wait_idle(TIMEOUT) is True
+    runner.shutdown(TIMEOUT)
 
 
 def test_queue_full_block_waits_for_room() -> None:
@@ -102,16 +145,17 @@ def test_queue_full_block_waits_for_room() -> None:
         runner.submit(lambda: None)
         returned.set()
 
-    thread = threading.Thread(target=submit_third)
+    thread = threading.Thread(target=submit_third, daemon=True)
     thread.start()
-    assert not returned.wait(0.2)  # blocked while the queue is full
+    wait_until_blocked(runner)
+    assert not returned.is_set()  # blocked while the queue is full
     assert runner.stats().queued == 1
     release.set()
-    assert returned.wait(5)
-    thread.join(5)
-    assert runner.wait_idle(5)
+    assert returned.wait(TIMEOUT)
+    thread.join(TIMEOUT)
+    assert runner.wait_idle(TIMEOUT)
     assert runner.stats().completed == 3
-    runner.shutdown(5)
+    runner.shutdown(TIMEOUT)
 
 
 def test_queue_full_run_runs_inline() -> None:
@@ -121,8 +165,8 @@ def test_queue_full_run_runs_inline() -> None:
     runner.submit(lambda: ran_in.append(threading.current_thread().name))
     assert ran_in == [threading.current_thread().name]
     release.set()
-    assert runner.wait_idle(5)
-    runner.shutdown(5)
+    assert runner.wait_idle(TIMEOUT)
+    runner.shutdown(TIMEOUT)
 
 
 def test_queue_full_drop_logs_every_callback_by_name(log: pytest.LogCaptureFixture) -> None:
@@ -148,8 +192,8 @@ def test_queue_full_drop_logs_every_callback_by_name(log: pytest.LogCaptureFixtu
     )
     assert runner.stats().dropped == 1
     release.set()
-    assert runner.wait_idle(5)
-    runner.shutdown(5)
+    assert runner.wait_idle(TIMEOUT)
+    runner.shutdown(TIMEOUT)
 
 
 def notify_customer(n: int) -> None:
@@ -172,9 +216,7 @@ def test_drop_log_names_the_first_then_counts(log: pytest.LogCaptureFixture) -> 
 def test_drop_log_summarises_each_interval_by_itself(log: pytest.LogCaptureFixture) -> None:
     drops = LossLog("full.", burst=1, interval=0.05)
     drops.record(["mod.a", "mod.a", "mod.a"], "GET /")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and len(log.records) < 2:
-        time.sleep(0.01)
+    wait_for(lambda: len(log.records) >= 2, what="the summary line")
     drops.close()
     assert [r.getMessage() for r in log.records][:2] == [
         "Callback 'mod.a' queued by 'GET /' was not run: full.",
@@ -206,10 +248,12 @@ def test_shutdown_timeout_logs_what_did_not_run(log: pytest.LogCaptureFixture) -
     serve(AfterMiddleware(app, runner=runner), "/late")
     assert runner.shutdown(timeout=0.1) is False
     errors = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
-    assert errors[0] == (
-        "Callback 'tests.test_runner.notify_customer' queued by 'GET /late' was not run:"
-        " 'wsgi-after' shut down before its turn (it drained for 0.1 s)."
-    )
+    # The drain's length as measured: 0.1 s, or a little more on a loaded machine.
+    assert re.fullmatch(
+        r"Callback 'tests\.test_runner\.notify_customer' queued by 'GET /late' was not run:"
+        r" 'wsgi-after' shut down before its turn \(it drained for \d+\.\d s\)\.",
+        errors[0],
+    ), errors[0]
     assert "were still running when 'wsgi-after' shut down" in errors[1]
     assert runner.stats().dropped == 1
     release.set()
@@ -231,28 +275,27 @@ def test_inline_runner_runs_at_once_and_logs_failures(log: pytest.LogCaptureFixt
 
 
 def test_runner_used_before_fork_works_in_the_child() -> None:
-    runner = ThreadRunner(max_workers=2)
+    runner = ThreadRunner(max_workers=2, name="forked")
     runner.submit(lambda: None)
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its threads are gone, the runner must start new ones
         try:
             done = threading.Event()
-            start = time.monotonic()
             runner.submit(done.set)
-            ok = done.wait(5) and runner.wait_idle(5)
-            os.write(write_end, f"{ok} {time.monotonic() - start:.3f}".encode())
+            ok = done.wait(TIMEOUT) and runner.wait_idle(TIMEOUT)
+            names = [th.name for th in threading.enumerate() if th.name.startswith("forked-")]
+            os.write(write_end, f"{ok} {','.join(names)}".encode())
         finally:
             os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end) as pipe:
         report = pipe.read()
     os.waitpid(pid, 0)
-    status, elapsed = report.split()
-    assert status == "True"
-    assert float(elapsed) < 1.0
-    runner.shutdown(5)
+    # A new thread, named from 0 again: the child does not count the parent's.
+    assert report == "True forked-0"
+    runner.shutdown(TIMEOUT)
 
 
 EXITING_PROGRAM = r"""
@@ -332,9 +375,9 @@ def test_a_thread_that_cannot_start_is_logged_and_later_submits_retry(
     monkeypatch.setattr(threading.Thread, "start", real_start)
     done = threading.Event()
     runner.submit(done.set)  # tries again
-    assert done.wait(5)
-    assert runner.wait_idle(5)
-    assert runner.shutdown(5) is True  # no "cannot join thread before it is started"
+    assert done.wait(TIMEOUT)
+    assert runner.wait_idle(TIMEOUT)
+    assert runner.shutdown(TIMEOUT) is True  # no "cannot join thread before it is started"
 
 
 def test_a_worker_never_blocks_on_its_own_full_queue(log: pytest.LogCaptureFixture) -> None:
@@ -351,15 +394,15 @@ def test_a_worker_never_blocks_on_its_own_full_queue(log: pytest.LogCaptureFixtu
         runner.submit(inner)  # full, and only this worker could empty it
 
     runner.submit(outer)
-    assert queued.wait(5)
-    assert runner.wait_idle(5)  # no deadlock
+    assert queued.wait(TIMEOUT)
+    assert runner.wait_idle(TIMEOUT)  # no deadlock
     assert ran == ["inner", "filler"]
     assert [r.getMessage() for r in log.records if r.levelname == "WARNING"] == [
         "A callback on 'wsgi-after' queued a request while its queue was full; its callbacks"
         " run in that worker instead of waiting for room, which would wait for itself"
         " (logged once)."
     ]
-    runner.shutdown(5)
+    runner.shutdown(TIMEOUT)
 
 
 @pytest.mark.parametrize("method", ["wait_idle", "shutdown"])
@@ -374,13 +417,13 @@ def test_waiting_on_the_runner_from_its_own_callback_raises(method: str) -> None
             errors.append(e)
 
     runner.submit(waits)
-    assert runner.wait_idle(5)
+    assert runner.wait_idle(TIMEOUT)
     assert [str(e) for e in errors] == [
         f"'{method}()' was called from a callback running on 'wsgi-after', and would wait"
         " for that callback itself. Call it from outside the runner's callbacks (a test, a"
         " shutdown hook)."
     ]
-    runner.shutdown(5)
+    runner.shutdown(TIMEOUT)
 
 
 def test_timeouts_take_inf_and_refuse_nan() -> None:
@@ -426,15 +469,14 @@ def test_blocked_submitters_are_woken_when_room_appears() -> None:
         runner.submit(quick_task)
         returned.set()
 
-    threading.Thread(target=submit_then_tell).start()
-    deadline = time.monotonic() + 5
-    while runner._blocked == 0 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert runner._blocked == 1
+    threading.Thread(target=submit_then_tell, daemon=True).start()
+    wait_until_blocked(runner)
     release.set()
-    assert returned.wait(0.5)  # well under the 1 s polling period of old
-    assert runner.wait_idle(5)
-    runner.shutdown(5)
+    # The blocked submitter waits without a timeout: unless the worker that took a
+    # task from the queue notifies it, it waits for ever.
+    assert returned.wait(TIMEOUT)
+    assert runner.wait_idle(TIMEOUT)
+    runner.shutdown(TIMEOUT)
 
 
 def test_threads_end_when_the_runner_is_freed() -> None:
@@ -447,7 +489,7 @@ def test_threads_end_when_the_runner_is_freed() -> None:
     del runner
     gc.collect()
     for thread in threads:
-        thread.join(5)
+        thread.join(TIMEOUT)
     assert not any(th.is_alive() for th in threads)
 
 
@@ -456,11 +498,122 @@ def test_idle_threads_end_and_come_back() -> None:
     runner.start()
     threads = [th for th in threading.enumerate() if th.name.startswith("idle-")]
     for thread in threads:
-        thread.join(5)
+        thread.join(TIMEOUT)
     assert not any(th.is_alive() for th in threads)
     done = threading.Event()
     runner.submit(done.set)
-    assert done.wait(5)
-    assert runner.wait_idle(5)
+    assert done.wait(TIMEOUT)
+    assert runner.wait_idle(TIMEOUT)
     assert runner.stats().completed == 1
-    runner.shutdown(5)
+    runner.shutdown(TIMEOUT)
+
+
+def failing_task() -> None:
+    raise ValueError("task failed")
+
+
+def test_run_task_reports_success_and_logs_a_plain_task_by_name(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    assert run_task(quick_task) is True
+    assert run_task(lambda: False) is False  # a chain whose callback failed
+    assert run_task(failing_task) is False
+    [record] = log.records
+    assert record.getMessage() == "Task ['tests.test_runner.failing_task'] queued by '?' raised."
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == "task failed"
+
+
+def test_a_plain_task_failing_on_a_worker_is_logged_with_its_error(
+    runner: ThreadRunner, log: pytest.LogCaptureFixture
+) -> None:
+    runner.submit(failing_task)
+    assert runner.wait_idle(TIMEOUT)
+    [record] = log.records
+    # The module part is the core's ('wsgi_after.runner.failing_task'), not the task's:
+    # reported with a proposed fix; the function's own name must be there.
+    assert record.getMessage().startswith("Task ['")
+    assert record.getMessage().endswith(".failing_task'] queued by '?' raised.")
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == "task failed"
+    assert runner.stats().failed == 1
+
+
+def exits() -> None:
+    raise SystemExit(4)
+
+
+def test_an_interrupt_in_a_task_run_by_the_submitter_is_raised_there() -> None:
+    # on_full="run" with a full queue, and after shutdown: the server's own thread
+    # runs the task, so an interrupt reaches it.
+    runner, _, release = blocked_runner("run", max_pending=1)
+    runner.submit(quick_task)  # fills the queue
+    with pytest.raises(SystemExit):
+        runner.submit(exits)
+    release.set()
+    assert runner.shutdown(TIMEOUT) is True
+    with pytest.raises(SystemExit):
+        runner.submit(exits)
+
+
+def test_after_shutdown_a_task_runs_in_the_submitter_with_a_warning(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    runner = ThreadRunner(max_workers=1, name="closed")
+    assert runner.shutdown(TIMEOUT) is True
+    ran: list[str] = []
+    runner.submit(lambda: ran.append(threading.current_thread().name))
+    assert ran == [threading.current_thread().name]
+    runner.submit(quick_task)
+    assert [r.getMessage() for r in log.records if r.levelname == "WARNING"][1] == (
+        "Running ['tests.test_runner.quick_task'] queued by '?' in the submitting thread:"
+        " 'closed' is shutting down."
+    )
+
+
+def test_every_drop_is_counted() -> None:
+    runner, _, release = blocked_runner("drop", max_pending=1)
+    runner.submit(quick_task)  # fills the queue
+    runner.submit(quick_task)
+    runner.submit(quick_task)
+    assert runner.stats().dropped == 2
+    release.set()
+    assert runner.shutdown(TIMEOUT) is True
+
+
+def test_every_blocked_submitter_is_woken() -> None:
+    runner, _, release = blocked_runner("block", max_pending=1)
+    runner.submit(quick_task)  # fills the queue
+    returned = threading.Barrier(3, timeout=TIMEOUT)
+
+    def submit() -> None:
+        runner.submit(quick_task)
+        returned.wait()
+
+    for _ in range(2):
+        threading.Thread(target=submit, daemon=True).start()
+    wait_until_blocked(runner, 2)
+    release.set()
+    returned.wait()  # both returned
+    assert runner.wait_idle(TIMEOUT)
+    assert runner.stats().completed == 4
+    runner.shutdown(TIMEOUT)
+
+
+def test_a_submitter_blocked_when_shutdown_begins_runs_its_task_itself() -> None:
+    runner, _, release = blocked_runner("block", max_pending=1)
+    runner.submit(quick_task)  # fills the queue
+    ran_in: list[str] = []
+    done = threading.Event()
+
+    def submit() -> None:
+        runner.submit(lambda: ran_in.append(threading.current_thread().name))
+        done.set()
+
+    threading.Thread(target=submit, name="submitter", daemon=True).start()
+    wait_until_blocked(runner)
+    runner.begin_shutdown()
+    assert done.wait(TIMEOUT)
+    assert ran_in == ["submitter"]
+    release.set()
+    assert runner.finish_shutdown(time.monotonic() + TIMEOUT) is True

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="wsgi-after-demo-") as tmp:
         db = pathlib.Path(tmp) / "audit.sqlite"
-        with sqlite3.connect(db) as connection:
+        with contextlib.closing(sqlite3.connect(db)) as connection, connection:
             connection.execute("create table audit (request_id, variant, written_at)")
         port = _free_port()
         env = {**os.environ, "WSGI_AFTER_DEMO_DB": str(db)}
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             deadline = time.monotonic() + 30
             rows: list[tuple[str, float]] = []
             while time.monotonic() < deadline:
-                with sqlite3.connect(db, timeout=30) as connection:
+                with contextlib.closing(sqlite3.connect(db, timeout=30)) as connection, connection:
                     rows = connection.execute(
                         "select request_id, written_at from audit where variant = 'after'"
                     ).fetchall()

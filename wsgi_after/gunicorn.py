@@ -1,4 +1,4 @@
-"""Optional gunicorn hooks. Everything works without them; they tighten two edges.
+"""Optional gunicorn hooks. Everything works without them; they tighten some edges.
 
 In ``gunicorn.conf.py``::
 
@@ -13,10 +13,13 @@ In ``gunicorn.conf.py``::
   SIGKILLs a worker in the middle of a callback; without it, the runners drain
   at interpreter exit for at most their ``drain_timeout`` (25 s by default,
   under gunicorn's 30 s ``graceful_timeout``).
+* :func:`child_exit` (with :mod:`wsgi_after.prometheus` in prometheus_client's
+  multiprocess mode) forgets a dead worker's queue-depth gauge.
 """
 
 from __future__ import annotations
 
+import os
 import typing as t
 
 from . import lifecycle
@@ -35,3 +38,17 @@ def worker_exit(server: t.Any, worker: t.Any) -> None:
     all against one deadline (each runner also within its own ``drain_timeout``)."""
     graceful = float(getattr(server.cfg, "graceful_timeout", 30))
     lifecycle.shutdown(max(0.0, graceful - MARGIN))
+
+
+def child_exit(server: t.Any, worker: t.Any) -> None:
+    """gunicorn ``child_exit`` hook (in the master): in prometheus_client's
+    multiprocess mode, mark the dead worker so its live gauges (the queue depth)
+    stop counting; its counters and histograms stay in the sums. Does nothing
+    without ``PROMETHEUS_MULTIPROC_DIR`` or prometheus_client."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    try:
+        from prometheus_client import multiprocess
+    except ImportError:
+        return
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -6,6 +6,7 @@ the tests read those rows from outside the server.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import pathlib
 import socket
@@ -71,12 +72,23 @@ def disconnect_mid_stream(port: int, path: str, request_id: str) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
 
 
+def query(db: pathlib.Path, sql: str, *params: object) -> list[tuple[t.Any, ...]]:
+    """Run one read of a server's SQLite file, on a connection closed at once."""
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as connection, connection:
+        return connection.execute(sql, params).fetchall()
+
+
 def runs(db: pathlib.Path, request_id: str) -> list[tuple[t.Any, ...]]:
-    with sqlite3.connect(db, timeout=30) as connection:
-        return connection.execute(
-            "select name, status, completed, finished_at, pid from runs where request_id = ?",
-            (request_id,),
-        ).fetchall()
+    return query(
+        db,
+        "select name, status, completed, finished_at, pid from runs where request_id = ?",
+        request_id,
+    )
+
+
+def pids(db: pathlib.Path) -> set[int]:
+    """The processes that ran callbacks (a recycled worker is a new one)."""
+    return {pid for (pid,) in query(db, "select distinct pid from runs")}
 
 
 def wait_for_runs(
@@ -88,10 +100,7 @@ def wait_for_runs(
 
 def count_runs(db: pathlib.Path, prefix: str) -> int:
     """How many runs the requests whose id starts with ``prefix`` recorded."""
-    with sqlite3.connect(db, timeout=30) as connection:
-        [(n,)] = connection.execute(
-            "select count(*) from runs where request_id like ?", (prefix + "%",)
-        ).fetchall()
+    [(n,)] = query(db, "select count(*) from runs where request_id like ?", prefix + "%")
     return int(n)
 
 

@@ -9,6 +9,7 @@ tests, naming the command that starts it.
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -85,7 +86,7 @@ class Cluster:
         deadline = time.monotonic() + timeout
         found: list[tuple[t.Any, ...]] = []
         while time.monotonic() < deadline:
-            with sqlite3.connect(self.db, timeout=30) as db:
+            with contextlib.closing(sqlite3.connect(self.db, timeout=30)) as db, db:
                 found = db.execute("select * from runs order by rowid").fetchall()
             if len(found) >= count:
                 break
@@ -93,7 +94,7 @@ class Cluster:
         return found
 
     def clear(self) -> None:
-        with sqlite3.connect(self.db, timeout=30) as db:
+        with contextlib.closing(sqlite3.connect(self.db, timeout=30)) as db, db:
             db.execute("delete from runs")
 
 
@@ -143,7 +144,7 @@ class Clusters:
             broker = RABBITMQ
         unique = f"wsgi_after_tests_{uuid.uuid4().hex[:12]}"
         db = workdir / "runs.sqlite"
-        with sqlite3.connect(db) as connection:
+        with contextlib.closing(sqlite3.connect(db)) as connection, connection:
             connection.execute("create table runs (name, pid, status, completed, error, at)")
         log = workdir / "worker.log"
         env = {

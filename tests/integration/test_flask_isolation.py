@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import pathlib
-import sqlite3
 import urllib.parse
 
 from tests.integration import servers
-from tests.integration.client import fetch
+from tests.integration.client import fetch, query
 from tests.integration.poll import poll
 
 IN_FLIGHT = 200
@@ -29,8 +28,7 @@ def post(port: int, user: str) -> tuple[int, bytes]:
 
 
 def seen(db: pathlib.Path) -> list[tuple[str, ...]]:
-    with sqlite3.connect(db, timeout=30) as connection:
-        return connection.execute("select * from seen").fetchall()
+    return query(db, "select * from seen")
 
 
 def test_callbacks_see_only_their_own_request(tmp_path: pathlib.Path) -> None:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import pathlib
 import signal
-import sqlite3
 import time
 import uuid
 
-from tests.integration.client import count_runs, fetch, wait_for_count, wait_for_runs
+from tests.integration.client import count_runs, fetch, pids, wait_for_count, wait_for_runs
 from tests.integration.servers import free_port, gunicorn, running, waitress
 
 HOOKS = str(pathlib.Path(__file__).parent / "gunicorn_hooks.conf.py")
@@ -114,10 +113,9 @@ def test_max_requests_recycling_loses_nothing(tmp_path: pathlib.Path) -> None:
             assert fetch(port, "/normal?sleep=0.05", f"recycle-{i}").status == 200
             latencies.append(time.monotonic() - started)
         wait_for_count(tmp_path / "runs.sqlite", "recycle", 20)
-        pids = {row[0] for row in sqlite3.connect(tmp_path / "runs.sqlite").execute(
-            "select distinct pid from runs")}  # fmt: skip
+        recyclers = pids(tmp_path / "runs.sqlite")
     assert count_runs(tmp_path / "runs.sqlite", "recycle") == 20
-    assert len(pids) >= 4  # the worker really was recycled
+    assert len(recyclers) >= 4  # the worker really was recycled
     assert max(latencies) < 2.0
 
 

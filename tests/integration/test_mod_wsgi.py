@@ -11,14 +11,13 @@ import collections.abc
 import contextlib
 import pathlib
 import signal
-import sqlite3
 import time
 import typing as t
 
 import pytest
 
 from tests.integration import servers
-from tests.integration.client import count_runs, fetch, wait_for_count
+from tests.integration.client import count_runs, fetch, pids, wait_for_count
 from tests.integration.mod_wsgi_express import Express
 from tests.integration.poll import poll
 
@@ -89,9 +88,8 @@ def test_maximum_requests_recycling_loses_nothing(apache: t.Callable[..., t.Any]
         for i in range(20):
             assert fetch(server.port, "/normal?sleep=0.05", f"recycle-{i}").status == 200
         assert wait_for_count(server.db, "recycle", 20) == 20, server.log.read_text()[-3000:]
-        with sqlite3.connect(server.db) as connection:
-            pids = {pid for (pid,) in connection.execute("select distinct pid from runs")}
-    assert len(pids) >= 4  # the daemon really was recycled
+        recyclers = pids(server.db)
+    assert len(recyclers) >= 4  # the daemon really was recycled
 
 
 def test_named_sub_interpreter_drains_at_stop(apache: t.Callable[..., t.Any]) -> None:

@@ -10,14 +10,13 @@ import collections.abc
 import http.client
 import pathlib
 import signal
-import sqlite3
 import typing as t
 import uuid
 
 import pytest
 
 from tests.integration import servers
-from tests.integration.client import disconnect_mid_stream, fetch, runs, wait_for_runs
+from tests.integration.client import disconnect_mid_stream, fetch, query, runs, wait_for_runs
 
 FILE_SIZE = 5 * 1024 * 1024
 
@@ -106,11 +105,11 @@ def server(request: pytest.FixtureRequest) -> collections.abc.Iterator[Server]:
         ):
             yield Server(name, port, db)
         # Stopped (and drained where the server exits gracefully): no callback ran twice.
-        with sqlite3.connect(db) as connection:
-            twice = connection.execute(
-                "select request_id, name, count(*) from runs group by request_id, name"
-                " having count(*) > 1"
-            ).fetchall()
+        twice = query(
+            db,
+            "select request_id, name, count(*) from runs group by request_id, name"
+            " having count(*) > 1",
+        )
     assert twice == [], f"{name}: callbacks ran more than once: {twice}"
 
 
@@ -172,10 +171,9 @@ def test_send_file(server: Server) -> None:
         # server got back the very object its wsgi.file_wrapper made.
         assert reply.headers["content-length"] == str(FILE_SIZE)
         assert "transfer-encoding" not in reply.headers
-        with sqlite3.connect(server.db) as connection:
-            [(kind, own)] = connection.execute(
-                "select type, own from iterables where request_id = ?", (rid,)
-            ).fetchall()
+        [(kind, own)] = query(
+            server.db, "select type, own from iterables where request_id = ?", rid
+        )
         assert own == 1, kind
 
 

@@ -13,7 +13,6 @@ import json
 import pathlib
 import signal
 import socket
-import sqlite3
 import time
 import typing as t
 import uuid
@@ -21,7 +20,7 @@ import uuid
 import pytest
 
 from tests.integration import servers
-from tests.integration.client import count_runs, fetch, wait_for_count
+from tests.integration.client import count_runs, fetch, pids, query, wait_for_count
 from tests.integration.poll import poll
 from tests.integration.test_flask_isolation import post, seen
 
@@ -104,11 +103,10 @@ def test_callbacks_see_their_own_environ_and_log_their_own_request(
         replies = concurrently(port, users, "/users/{user}")
         assert replies == [(200, u.encode()) for u in users]
 
-        def seen() -> list[tuple[str, str, str]]:
-            with sqlite3.connect(db, timeout=30) as connection:
-                return connection.execute("select sent, path, header from seen").fetchall()
-
-        rows = poll(seen, lambda rows: len(rows) >= len(users))
+        rows = poll(
+            lambda: query(db, "select sent, path, header from seen"),
+            lambda rows: len(rows) >= len(users),
+        )
     assert sorted(rows) == [(u, f"/users/{u}", u) for u in users]
     failures = [line for line in log.read_text().splitlines() if "'environ_app.fail'" in line]
     assert len(failures) == len(users), failures
@@ -154,9 +152,7 @@ def test_runner_used_in_the_master_works_in_every_worker(
         started = time.monotonic()
         servers.stop(process, signal.SIGINT)
         stopped_in = time.monotonic() - started
-    with sqlite3.connect(tmp_path / "runs.sqlite") as connection:
-        pids = {pid for (pid,) in connection.execute("select distinct pid from runs")}
-    assert len(pids) >= 1
+    assert pids(tmp_path / "runs.sqlite")
     assert stopped_in < 10, log.read_text()[-3000:]  # no worker waits out its 20 s drain
 
 
@@ -263,9 +259,7 @@ def test_max_requests_recycling_loses_nothing(tmp_path: pathlib.Path) -> None:
             assert fetch(port, "/normal?sleep=0.05", f"recycle-{i}").status == 200
         assert wait_for_count(tmp_path / "runs.sqlite", "recycle", 20) == 20
         servers.stop(process, signal.SIGINT)
-    with sqlite3.connect(tmp_path / "runs.sqlite") as connection:
-        pids = {pid for (pid,) in connection.execute("select distinct pid from runs")}
-    assert len(pids) >= 4  # the worker really was recycled
+    assert len(pids(tmp_path / "runs.sqlite")) >= 4  # the worker really was recycled
 
 
 # -- 4. start-up lines -----------------------------------------------------------------

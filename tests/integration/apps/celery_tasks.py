@@ -8,6 +8,7 @@ does not import the runner module at all.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -34,7 +35,10 @@ celery_app.conf.update(
 def record(name: str) -> None:
     result = outcome()
     assert result is not None
-    with sqlite3.connect(os.environ["WSGI_AFTER_RUNS_DB"], timeout=30) as db:
+    with (
+        contextlib.closing(sqlite3.connect(os.environ["WSGI_AFTER_RUNS_DB"], timeout=30)) as db,
+        db,
+    ):
         db.execute(
             "insert into runs values (?, ?, ?, ?, ?, ?)",
             (

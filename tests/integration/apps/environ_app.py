@@ -8,6 +8,7 @@ library's own log line names the request. Rows go to ``seen`` in ENVIRON_DB.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -20,7 +21,7 @@ from wsgi_after import AfterMiddleware, after, current_chain
 DB = os.environ["ENVIRON_DB"]
 barrier = threading.Barrier(int(os.environ["BARRIER"]), timeout=30)
 
-with sqlite3.connect(DB) as db:
+with contextlib.closing(sqlite3.connect(DB)) as db, db:
     db.execute("pragma journal_mode=wal")
     db.execute("create table if not exists seen (sent, path, header)")
 
@@ -30,7 +31,7 @@ def record(sent: str) -> None:
     chain = current_chain()
     environ = chain.environ if chain is not None and chain.environ is not None else {}
     row = (sent, environ.get("PATH_INFO", "?"), environ.get("HTTP_X_USER", "?"))
-    with sqlite3.connect(DB, timeout=30) as db:
+    with contextlib.closing(sqlite3.connect(DB, timeout=30)) as db, db:
         db.execute("insert into seen values (?, ?, ?)", row)
 
 

@@ -5,6 +5,7 @@ server really holds them all concurrently; each callback then writes the identit
 sees (header, g, session, args, form) to a SQLite file.
 """
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -23,7 +24,7 @@ app = Flask(__name__)
 app.config.update(SECRET_KEY="isolation", AFTER_MAX_WORKERS=16, AFTER_MAX_PENDING=1000)
 After(app)
 
-with sqlite3.connect(DB) as db:
+with contextlib.closing(sqlite3.connect(DB)) as db, db:
     db.execute("create table if not exists seen (sent, header, g, session, args, form)")
 
 
@@ -37,7 +38,7 @@ def record() -> None:
         request.args["user"],
         request.form["user"],
     )
-    with sqlite3.connect(DB, timeout=30) as db:
+    with contextlib.closing(sqlite3.connect(DB, timeout=30)) as db, db:
         db.execute("insert into seen values (?, ?, ?, ?, ?, ?)", row)
 
 

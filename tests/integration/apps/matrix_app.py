@@ -11,6 +11,7 @@ own ``wsgi.file_wrapper`` object (its sendfile path).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -24,7 +25,7 @@ from wsgi_after.flask import After
 DB = os.environ["MATRIX_DB"]
 BIG_FILE = os.environ.get("MATRIX_FILE", "")
 
-with sqlite3.connect(DB) as _db:
+with contextlib.closing(sqlite3.connect(DB)) as _db, _db:
     _db.execute("pragma journal_mode=wal")
     _db.execute(
         "create table if not exists runs (request_id, name, status, completed, finished_at, pid)"
@@ -62,7 +63,7 @@ def record(name: str, request_id: str, sleep: float = 0.0, held: bool = False) -
         time.sleep(sleep)
     result = outcome()
     assert result is not None
-    with sqlite3.connect(DB, timeout=30) as db:
+    with contextlib.closing(sqlite3.connect(DB, timeout=30)) as db, db:
         db.execute(
             "insert into runs values (?, ?, ?, ?, ?, ?)",
             (request_id, name, result.status, result.completed, time.time(), os.getpid()),
@@ -167,7 +168,7 @@ def spy(environ: t.Any, start_response: t.Any) -> t.Any:
     if environ.get("PATH_INFO") == "/file":
         kind = f"{type(result).__module__}.{type(result).__qualname__}"
         own = any(result is wrapper for wrapper in made)
-        with sqlite3.connect(DB, timeout=30) as db:
+        with contextlib.closing(sqlite3.connect(DB, timeout=30)) as db, db:
             db.execute(
                 "insert into iterables values (?, ?, ?)", (environ["HTTP_X_REQUEST_ID"], kind, own)
             )

@@ -1,0 +1,86 @@
+"""Mutation score of the core: run mutmut, then count, minus the equivalent mutants.
+
+The core modules (``_chain``, ``_response``, ``runner``, ``middleware``; see
+``[tool.mutmut]`` in pyproject.toml) are mutated one small change at a time, and
+the unit tests must fail for each change. A mutant that no test can tell from the
+original (an equivalent mutant) is listed, with its reason, in ``EQUIVALENT.md``
+beside this file and left out of the score. Exits 1 below ``--min`` percent::
+
+    python tests/mutation/score.py            # every core mutant (about an hour on 2 cores)
+    python tests/mutation/score.py --subset   # CI: _response and middleware (a few minutes)
+
+Afterwards ``mutmut results`` lists the survivors and ``mutmut show NAME`` shows one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EQUIVALENT = pathlib.Path(__file__).with_name("EQUIVALENT.md")
+#: What CI mutates: the smaller modules, whose tests run fast.
+SUBSET = ("wsgi_after._response.*", "wsgi_after.middleware.*")
+KILLED = {"killed", "timeout", "segfault"}  # a test failed, hung or crashed
+NOT_COUNTED = {"skipped"}
+
+
+def equivalent_mutants() -> set[str]:
+    """Names listed as ``- `name`: reason`` in EQUIVALENT.md."""
+    return set(re.findall(r"^- `([^`]+)`", EQUIVALENT.read_text(), re.MULTILINE))
+
+
+def results(patterns: tuple[str, ...]) -> dict[str, str]:
+    """Status by mutant name, from mutmut's files, for names matching ``patterns``."""
+    import fnmatch
+
+    from mutmut.stats import status_by_exit_code
+
+    statuses: dict[str, str] = {}
+    for meta in sorted((ROOT / "mutants").rglob("*.py.meta")):
+        exit_codes = json.loads(meta.read_text())["exit_code_by_key"]
+        for name, code in exit_codes.items():
+            if not patterns or any(fnmatch.fnmatch(name, p) for p in patterns):
+                statuses[name] = "not run" if code is None else status_by_exit_code[code]
+    return statuses
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subset", action="store_true", help="only " + ", ".join(SUBSET))
+    parser.add_argument("--min", type=float, default=90.0, help="least score, percent")
+    parser.add_argument("--max-children", type=int, default=2, help="mutants run at once")
+    parser.add_argument("--no-run", action="store_true", help="count the last run's results")
+    options = parser.parse_args()
+    patterns = SUBSET if options.subset else ()
+    if not options.no_run:
+        command = ["mutmut", "run", "--max-children", str(options.max_children), *patterns]
+        subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    statuses = results(patterns)
+    if not statuses:
+        print("No mutmut results: run without --no-run first.", file=sys.stderr)
+        return 1
+    equivalent = equivalent_mutants()
+    counted = {n: s for n, s in statuses.items() if n not in equivalent and s not in NOT_COUNTED}
+    killed = sum(s in KILLED for s in counted.values())
+    score = 100.0 * killed / len(counted) if counted else 100.0
+    survivors = sorted(n for n, s in counted.items() if s not in KILLED)
+    for name in survivors:
+        print(f"{counted[name]}: {name}")
+    listed = sum(n in equivalent for n in statuses)
+    print(
+        f"mutation score {score:.1f} % ({killed} of {len(counted)} killed;"
+        f" {listed} equivalent mutants left out, listed in {EQUIVALENT.name})"
+    )
+    if score < options.min:
+        print(f"below {options.min} %: kill the survivors above, or list them as equivalent")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

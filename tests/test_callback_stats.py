@@ -1,0 +1,155 @@
+"""Per-callback statistics: counts by name with a cap, timings, percentiles."""
+
+from __future__ import annotations
+
+import collections.abc
+import threading
+import typing as t
+
+import pytest
+
+from tests.helpers import serve
+from wsgi_after import AfterMiddleware, InlineRunner, ThreadRunner, after, events
+from wsgi_after.callback_stats import (
+    OTHER,
+    BoundedNames,
+    CallbackStats,
+    NameStats,
+    Percentiles,
+    percentiles,
+)
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+
+@pytest.fixture
+def stats() -> collections.abc.Iterator[CallbackStats]:
+    stats = CallbackStats(max_names=3, window=100).install()
+    yield stats
+    stats.uninstall()
+
+
+def ok() -> None:
+    pass
+
+
+def broken() -> None:
+    raise ValueError("broken")
+
+
+def queuing(*callbacks: t.Callable[[], None]) -> WSGIApplication:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        for callback in callbacks:
+            after(callback)
+        start_response("200 OK", [])
+        return [b""]
+
+    return app
+
+
+def test_counts_and_timings_by_name(stats: CallbackStats) -> None:
+    serve(AfterMiddleware(queuing(ok, broken, ok), runner=InlineRunner()))
+    snapshot = stats.snapshot()
+    good = snapshot.by_name["tests.test_callback_stats.ok"]
+    bad = snapshot.by_name["tests.test_callback_stats.broken"]
+    assert (good.completed, good.failed, bad.completed, bad.failed) == (2, 0, 0, 1)
+    assert 0 <= good.max_run_time <= good.run_time
+    assert snapshot.queue_delay.count == snapshot.run_time.count == 3
+    assert snapshot.queue_delay.max < 5
+
+
+def test_drops_losses_and_slow_callbacks(stats: CallbackStats) -> None:
+    release = threading.Event()
+    running = threading.Event()
+    slow_seen = threading.Event()
+
+    def blocker() -> None:
+        running.set()
+        assert release.wait(10)
+
+    def on_slow(event: events.CallbackEvent) -> None:
+        if event.kind == "slow":
+            slow_seen.set()
+
+    events.subscribe(on_slow)
+    runner = ThreadRunner(
+        max_workers=1, max_pending=1, on_full="drop", slow_callback=0.05, name="stats-test"
+    )
+    try:
+        serve(AfterMiddleware(queuing(blocker), runner=runner))
+        assert running.wait(5)
+        serve(AfterMiddleware(queuing(ok), runner=runner))  # waits in the queue
+        serve(AfterMiddleware(queuing(ok), runner=runner))  # dropped
+        assert slow_seen.wait(5)
+        runner.begin_shutdown()
+        release.set()
+        runner.finish_shutdown(None)
+    finally:
+        release.set()
+        events.unsubscribe(on_slow)
+        runner.shutdown(5)
+    by_name = stats.snapshot().by_name
+    assert by_name[f"{__name__}.{blocker.__qualname__}"].slow == 1
+    assert by_name[f"{__name__}.{blocker.__qualname__}"].completed == 1
+    assert by_name["tests.test_callback_stats.ok"].dropped == 1
+    assert by_name["tests.test_callback_stats.ok"].completed == 1
+
+
+def test_lost_counts_shutdown_losses_and_responses_never_closed() -> None:
+    stats = CallbackStats()
+    stats(events.CallbackEvent("lost", "f", "GET", "/"))
+    stats(events.CallbackEvent("never_closed", "f", "GET", "/"))
+    stats(events.CallbackEvent("queued", "f", "GET", "/"))
+    assert stats.snapshot().by_name == {"f": NameStats(lost=2)}
+
+
+def test_names_past_the_cap_are_counted_as_other(stats: CallbackStats) -> None:
+    def one() -> None:
+        pass
+
+    def two() -> None:
+        pass
+
+    serve(AfterMiddleware(queuing(ok, broken, one, two, two), runner=InlineRunner()))
+    by_name = stats.snapshot().by_name
+    assert set(by_name) == {
+        "tests.test_callback_stats.ok",
+        "tests.test_callback_stats.broken",
+        f"{__name__}.{one.__qualname__}",
+        OTHER,
+    }
+    assert by_name[OTHER] == NameStats(
+        completed=2,
+        run_time=by_name[OTHER].run_time,
+        max_run_time=by_name[OTHER].max_run_time,
+    )
+
+
+def test_percentiles_are_nearest_rank_over_the_window() -> None:
+    assert percentiles([]) == Percentiles(0, 0.0, 0.0, 0.0, 0.0)
+    assert percentiles(float(i) for i in range(1, 101)) == Percentiles(100, 50.0, 90.0, 99.0, 100.0)
+    stats = CallbackStats(window=2)
+    for delay in (9.0, 1.0, 2.0):
+        stats(events.CallbackEvent("finished", "f", "GET", "/", delay, 0.0))
+    assert stats.snapshot().queue_delay == Percentiles(2, 1.0, 2.0, 2.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param(
+            {"max_names": 0}, "'max_names' must be an int of at least 1, got 0.", id="cap"
+        ),
+        pytest.param({"window": 0}, "'window' must be an int of at least 1, got 0.", id="window"),
+    ],
+)
+def test_bad_options_name_the_fix(options: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match="must be an int") as info:
+        CallbackStats(**options)
+    assert str(info.value) == message
+
+
+def test_bounded_names_keeps_the_first_ones() -> None:
+    names = BoundedNames(2)
+    assert [names(n) for n in ("a", "b", "c", "a")] == ["a", "b", OTHER, "a"]

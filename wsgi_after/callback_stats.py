@@ -1,0 +1,201 @@
+"""Per-callback statistics: counts and timings by callback name, queue-delay percentiles.
+
+A listener on the callback events (:mod:`wsgi_after.events`): nothing is
+recorded, and the core pays nothing, until it is installed::
+
+    from wsgi_after.callback_stats import CallbackStats
+
+    stats = CallbackStats().install()
+    ...
+    snapshot = stats.snapshot()
+    snapshot.by_name["myapp.emails.send_welcome"].failed
+    snapshot.queue_delay.p99          # seconds, over the last 1024 callbacks
+
+Cardinality is bounded: the first ``max_names`` distinct callback names get
+their own entry, every later name is counted under ``"other"`` (callback names
+come from code, so the cap is only reached by callbacks made on the fly, such
+as ``functools.partial`` or lambdas of generated modules). Percentiles are
+computed over a sliding window of the most recent callbacks, so memory stays
+constant however long the process runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import threading
+import typing as t
+
+from . import events
+
+#: The name that callbacks past the cap are counted under.
+OTHER = "other"
+
+
+class BoundedNames:
+    """Maps callback names to themselves, the first ``cap`` distinct ones, and every
+    later one to ``"other"``: a label set that cannot grow without limit.
+
+    :raises ValueError: if ``cap`` is not an int of at least 1.
+    """
+
+    def __init__(self, cap: int = 100) -> None:
+        if type(cap) is not int or cap < 1:
+            raise ValueError(f"'max_names' must be an int of at least 1, got {cap!r}.")
+        self.cap = cap
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> str:
+        """``name`` itself while it is (or can still become) one of the known names."""
+        if name in self._known:
+            return name
+        with self._lock:
+            if len(self._known) < self.cap:
+                self._known.add(name)
+                return name
+        return OTHER
+
+
+@dataclasses.dataclass(frozen=True)
+class Percentiles:
+    """Percentiles of a duration in seconds, over the most recent ``count`` samples."""
+
+    count: int
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+
+@dataclasses.dataclass(frozen=True)
+class NameStats:
+    """What happened to the callbacks of one name."""
+
+    completed: int = 0
+    failed: int = 0
+    dropped: int = 0
+    lost: int = 0
+    slow: int = 0
+    #: Total seconds run (completed and failed).
+    run_time: float = 0.0
+    #: The longest run, in seconds.
+    max_run_time: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A copy of the statistics at one moment."""
+
+    by_name: dict[str, NameStats]
+    queue_delay: Percentiles
+    run_time: Percentiles
+
+
+def percentiles(samples: t.Iterable[float]) -> Percentiles:
+    """The nearest-rank percentiles of ``samples`` (all zero when there are none)."""
+    ordered = sorted(samples)
+    n = len(ordered)
+    if not n:
+        return Percentiles(0, 0.0, 0.0, 0.0, 0.0)
+
+    def rank(q: float) -> float:
+        return ordered[max(0, math.ceil(q * n) - 1)]
+
+    return Percentiles(n, rank(0.5), rank(0.9), rank(0.99), ordered[-1])
+
+
+_OUTCOME = {
+    "finished": "completed",
+    "failed": "failed",
+    "dropped": "dropped",
+    "lost": "lost",
+    "never_closed": "lost",
+    "slow": "slow",
+}
+
+
+class _Counts:
+    """One name's running counters (written under the stats' lock)."""
+
+    __slots__ = ("completed", "dropped", "failed", "lost", "max_run_time", "run_time", "slow")
+
+    def __init__(self) -> None:
+        self.completed = self.failed = self.dropped = self.lost = self.slow = 0
+        self.run_time = self.max_run_time = 0.0
+
+    def freeze(self) -> NameStats:
+        return NameStats(
+            self.completed,
+            self.failed,
+            self.dropped,
+            self.lost,
+            self.slow,
+            self.run_time,
+            self.max_run_time,
+        )
+
+
+class CallbackStats:
+    """Counts and timings of callbacks by name, fed by the callback events.
+
+    ``lost`` counts both callbacks lost at shutdown and those of requests whose
+    response the server never closed. ``slow`` counts the callbacks that a
+    :class:`~wsgi_after.ThreadRunner` with ``slow_callback`` reported (they are
+    counted again when they end). The statistics are of the whole process, all
+    runners together.
+
+    :param max_names: distinct callback names kept; later names count as
+        ``"other"``. 100 is far more than most apps have, and bounds memory.
+    :param window: how many recent queue delays and run times the percentiles
+        are computed over. 1024 samples make p99 meaningful (10 samples above it)
+        in about 16 KiB.
+    :raises ValueError: if an option is out of range.
+    """
+
+    def __init__(self, *, max_names: int = 100, window: int = 1024) -> None:
+        if type(window) is not int or window < 1:
+            raise ValueError(f"'window' must be an int of at least 1, got {window!r}.")
+        self.names = BoundedNames(max_names)
+        self._lock = threading.Lock()
+        self._by_name: dict[str, _Counts] = {}
+        self._delays: collections.deque[float] = collections.deque(maxlen=window)
+        self._runs: collections.deque[float] = collections.deque(maxlen=window)
+
+    def install(self) -> CallbackStats:
+        """Start recording (subscribe to the callback events); returns ``self``."""
+        events.subscribe(self)
+        return self
+
+    def uninstall(self) -> None:
+        """Stop recording; what was recorded stays readable."""
+        events.unsubscribe(self)
+
+    def __call__(self, event: events.CallbackEvent) -> None:
+        """The events listener."""
+        outcome = _OUTCOME.get(event.kind)
+        if outcome is None:
+            return
+        name = self.names(event.name)
+        with self._lock:
+            counts = self._by_name.get(name)
+            if counts is None:
+                counts = self._by_name[name] = _Counts()
+            setattr(counts, outcome, getattr(counts, outcome) + 1)
+            if outcome == "slow":
+                return
+            if event.run_time is not None:
+                counts.run_time += event.run_time
+                counts.max_run_time = max(counts.max_run_time, event.run_time)
+                self._runs.append(event.run_time)
+            if event.queue_delay is not None:
+                self._delays.append(event.queue_delay)
+
+    def snapshot(self) -> Snapshot:
+        """A consistent copy of everything recorded so far."""
+        with self._lock:
+            by_name = {name: counts.freeze() for name, counts in self._by_name.items()}
+            delays = list(self._delays)
+            runs = list(self._runs)
+        return Snapshot(by_name, percentiles(delays), percentiles(runs))
