@@ -22,12 +22,14 @@ import subprocess
 import sys
 import tempfile
 
+import wsgi_after
 from tests.integration.servers import APPS
 
 #: The Python the daemon runs: readable by the daemon user, with its headers.
 SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3")
 USER = GROUP = "www-data"
-PACKAGE = pathlib.Path(__file__).parents[2] / "wsgi_after"
+#: The wsgi_after these tests import (a checkout, or an installed wheel), copied for Apache.
+PACKAGE = pathlib.Path(wsgi_after.__file__).parent
 
 
 class Express:
