@@ -76,7 +76,8 @@ def sentry(
         dsn="https://public@sentry.invalid/1",
         transport=transport,
         before_send=tag_callback_failure if recipe else None,
-        default_integrations=True,
+        default_integrations=True,  # the logging integration is what turns our ERROR into events
+        auto_enabling_integrations=False,  # not those of the other frameworks the tests install
     )
     if recipe:
         events.subscribe(remember_failure)

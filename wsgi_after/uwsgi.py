@@ -26,10 +26,9 @@ which is only inside a uWSGI process; nothing is needed in the app or the ini fi
 
 from __future__ import annotations
 
+import importlib
 import logging
 import typing as t
-
-import uwsgi
 
 from . import lifecycle
 
@@ -45,9 +44,15 @@ GRACEFUL_SIGTERM = "unix_signal:15 gracefully_kill_them_all"
 _installed = False
 
 
+def _server() -> t.Any:
+    """uWSGI's ``uwsgi`` module: it exists only inside a uWSGI process, so this module
+    imports anywhere (for documentation, type checking) and looks it up when used."""
+    return importlib.import_module("uwsgi")
+
+
 def _option(name: str) -> list[str]:
     """Every value uWSGI was given for ``--name`` (``uwsgi.opt`` holds bytes, or a list)."""
-    value = uwsgi.opt.get(name)
+    value = _server().opt.get(name)
     values = value if isinstance(value, list) else [] if value is None else [value]
     return [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in values]
 
@@ -89,13 +94,14 @@ def _register_post_fork() -> None:
     try:
         import uwsgidecorators
     except Exception:  # missing, or "you have to enable the uWSGI master process"
+        uwsgi = _server()
         uwsgi.post_fork_hook = _chain(getattr(uwsgi, "post_fork_hook", None), after_fork)
     else:  # shares uWSGI's one hook with the app's own @postfork functions
         uwsgidecorators.postfork(after_fork)
 
 
 def _check_threads() -> None:
-    if not getattr(uwsgi, "has_threads", True):
+    if not getattr(_server(), "has_threads", True):
         logger.error(
             "uWSGI runs without Python threads, so after() callbacks stall until the next"
             " request. Start uWSGI with '--enable-threads' (or '--threads N'),"
@@ -121,6 +127,7 @@ def install() -> bool:
         return False
     _installed = True
     _register_post_fork()
+    uwsgi = _server()
     uwsgi.atexit = _chain(getattr(uwsgi, "atexit", None), at_exit)
     _check_threads()
     _check_stop_signals()
