@@ -617,3 +617,35 @@ def test_a_submitter_blocked_when_shutdown_begins_runs_its_task_itself() -> None
     assert ran_in == ["submitter"]
     release.set()
     assert runner.finish_shutdown(time.monotonic() + TIMEOUT) is True
+
+
+def test_a_worker_on_its_full_queue_is_warned_about_once(log: pytest.LogCaptureFixture) -> None:
+    runner = ThreadRunner(max_workers=1, max_pending=1, on_full="block", drain_timeout=5)
+    ran: list[str] = []
+
+    def outer() -> None:
+        runner.submit(lambda: ran.append("filler"))  # fills the queue
+        runner.submit(lambda: ran.append("first"))  # run here, warned
+        runner.submit(lambda: ran.append("second"))  # run here, not warned again
+
+    runner.submit(outer)
+    assert runner.wait_idle(TIMEOUT)
+    assert ran == ["first", "second", "filler"]
+    assert len([r for r in log.records if r.levelname == "WARNING"]) == 1
+    runner.shutdown(TIMEOUT)
+
+
+def test_a_submitter_that_got_room_no_longer_waits() -> None:
+    # White box: the count of waiting submitters is what makes every worker take
+    # the lock to wake them; once they got room it must be back to zero.
+    runner, _, release = blocked_runner("block", max_pending=1)
+    runner.submit(lambda: None)  # the queue is full
+    waiter = threading.Thread(target=runner.submit, args=(lambda: None,))
+    waiter.start()
+    wait_until_blocked(runner)
+    release.set()
+    waiter.join(TIMEOUT)
+    assert not waiter.is_alive()
+    assert runner._blocked == 0
+    assert runner.wait_idle(TIMEOUT)
+    runner.shutdown(TIMEOUT)
