@@ -580,9 +580,9 @@ def test_file_wrapper_keywords_pass_through() -> None:
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 2.5, "3"])
-def test_max_callbacks_must_be_a_positive_int(bad: object) -> None:
+def test_max_callbacks_must_be_a_positive_int(bad: t.Any) -> None:
     with pytest.raises(ValueError, match=r"^'max_callbacks' must be an int of at least 1, got "):
-        AfterMiddleware(lambda e, s: [], runner=InlineRunner(), max_callbacks=bad)  # type: ignore[arg-type]
+        AfterMiddleware(lambda e, s: [], runner=InlineRunner(), max_callbacks=bad)
 
 
 def test_one_callback_per_request_is_a_valid_max_callbacks() -> None:
