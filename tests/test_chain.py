@@ -23,6 +23,7 @@ from wsgi_after import (
     ThreadRunner,
     after,
     current_chain,
+    events,
     outcome,
 )
 from wsgi_after._chain import CURRENT
@@ -774,3 +775,144 @@ def test_an_interrupt_a_future_reports_is_not_logged_again(
     serve(AfterMiddleware(text_app(view), runner=FailingFutures(error, run=True)))
     assert ran == ["x"]
     assert [r for r in log.records if r.levelname == "ERROR"] == []
+
+
+def test_a_scope_is_entered_around_each_callback_while_events_are_observed(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    # With a listener the callbacks run through the observed path: the scope must
+    # still be entered, and after() from its teardown still be ignored.
+    entered: list[str] = []
+    got: list[events.CallbackEvent] = []
+
+    @contextlib.contextmanager
+    def scope() -> t.Iterator[None]:
+        entered.append("enter")
+        request_id.set("in-scope")
+        yield
+        entered.append("exit")
+        after(print)  # from teardown: ignored
+
+    def callback(a: int, b: int, *, c: int) -> None:
+        entered.append(f"{request_id.get()} {a} {b} {c}")
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        chain = current_chain()
+        assert chain is not None
+        chain.scope = scope
+        after(callback, 1, 2, c=3)
+        after(callback, 4, 5, c=6)
+        start_response("200 OK", [])
+        return [b""]
+
+    events.subscribe(got.append)
+    try:
+        serve(AfterMiddleware(app, runner=InlineRunner()), "/scoped")
+    finally:
+        events.unsubscribe(got.append)
+    assert entered == ["enter", "in-scope 1 2 3", "exit", "enter", "in-scope 4 5 6", "exit"]
+    kinds = ["queued", "queued", "started", "finished", "started", "finished"]
+    assert [e.kind for e in got] == kinds
+    assert [r.levelname for r in log.records] == ["DEBUG"]  # the ignored after(), once
+
+
+def test_a_failed_callbacks_run_time_is_measured(log: pytest.LogCaptureFixture) -> None:
+    got: list[events.CallbackEvent] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(int, "x")
+
+    events.subscribe(got.append)
+    try:
+        serve(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    finally:
+        events.unsubscribe(got.append)
+    [failed] = [e for e in got if e.kind == "failed"]
+    assert failed.run_time is not None
+    assert 0 <= failed.run_time < TIMEOUT
+    assert type(failed.error) is ValueError
+
+
+class Returns:
+    """A runner that calls each chain at once and keeps what it returned or raised."""
+
+    def __init__(self) -> None:
+        self.results: list[object] = []
+
+    def submit(self, fn: t.Callable[[], object]) -> None:
+        try:
+            self.results.append(fn())
+        except BaseException as e:  # the test looks at it
+            self.results.append(e)
+
+
+def test_calling_a_chain_tells_whether_every_callback_succeeded(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    runner = Returns()
+
+    def good(environ: WSGIEnvironment) -> None:
+        after(print, end="")
+
+    def bad(environ: WSGIEnvironment) -> None:
+        after(int, "x")
+        after(print, end="")
+
+    serve(AfterMiddleware(text_app(good), runner=runner))
+    serve(AfterMiddleware(text_app(bad), runner=runner))
+    assert runner.results == [True, False]  # an ordinary error is logged, not raised
+
+
+def test_an_interrupt_is_passed_on_even_when_later_callbacks_fail(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    runner = Returns()
+    ran: list[str] = []
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(interrupt)
+        after(int, "x")
+        after(ran.append, "last")
+
+    serve(AfterMiddleware(text_app(view), runner=runner))
+    assert ran == ["last"]
+    [raised] = runner.results
+    assert type(raised) is KeyboardInterrupt
+
+
+def test_keyword_arguments_reach_the_callback() -> None:
+    got: list[object] = []
+
+    def callback(*args: object, **kwargs: object) -> None:
+        got.append((args, kwargs))
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(callback, 1, key="value")
+
+    serve(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    assert got == [((1,), {"key": "value"})]
+
+
+def test_a_callback_returning_an_async_generator_is_logged(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    async def agen() -> t.AsyncIterator[int]:
+        yield 1
+
+    def returns_agen() -> object:
+        return agen()
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(returns_agen)
+
+    serve(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == (
+        "'tests.test_chain.test_a_callback_returning_an_async_generator_is_logged.<locals>"
+        ".returns_agen' returned an async generator, which cannot be run to completion."
+        " Queue a coroutine function instead."
+    )

@@ -649,3 +649,20 @@ def test_a_submitter_that_got_room_no_longer_waits() -> None:
     assert runner._blocked == 0
     assert runner.wait_idle(TIMEOUT)
     runner.shutdown(TIMEOUT)
+
+
+def test_a_waiter_still_wakes_after_another_waiter_gave_up() -> None:
+    runner, _, release = blocked_runner("block")
+    assert runner.wait_idle(0.01) is False  # gives up: the worker is busy
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(runner.wait_idle(TIMEOUT)))
+    impatient = threading.Thread(target=lambda: results.append(runner.wait_idle(0.05)))
+    waiter.start()
+    impatient.start()
+    impatient.join(TIMEOUT)
+    assert results == [False]  # one waiter gave up; the other still waits
+    release.set()
+    waiter.join(TIMEOUT)
+    assert results == [False, True]
+    assert runner._idle_waiters == 0  # white box: no worker wakes a waiter that left
+    runner.shutdown(TIMEOUT)
