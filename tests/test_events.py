@@ -327,8 +327,12 @@ def test_a_slow_callback_is_seen_on_any_worker_while_others_idle(
 
 
 def test_a_slow_callback_is_reported_once_however_long_it_runs(
-    seen: list[tuple[events.CallbackEvent, str]], log: pytest.LogCaptureFixture
+    seen: list[tuple[events.CallbackEvent, str]],
+    log: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    clock = CountingClock()
+    monkeypatch.setattr(wsgi_after.runner, "time", clock)
     runner = ThreadRunner(max_workers=1, slow_callback=0.05, drain_timeout=TIMEOUT, name="once")
     release = threading.Event()
 
@@ -342,8 +346,7 @@ def test_a_slow_callback_is_reported_once_however_long_it_runs(
 
     serve(AfterMiddleware(view, runner=runner), "/a b", "PATCH")
     wait_for(lambda: [e for e, _ in seen if e.kind == "slow"], what="the report")
-    # Nothing to wait on for "no second report": give the watchdog 20 more samples.
-    time.sleep(0.25)
+    clock.after_samples(20)  # 20 more looks at the same running callback
     release.set()
     assert runner.wait_idle(TIMEOUT)
     assert runner.stats().hung == 1
@@ -417,3 +420,45 @@ def test_a_lost_requests_events_name_its_method_and_path(
     release.set()
     losses = [(e.kind, e.method, e.path) for e, _ in seen if e.kind in ("dropped", "lost")]
     assert losses == [("dropped", "DELETE", "/a b/dropped"), ("lost", "PATCH", "/a b/queued")]
+
+
+class CountingClock:
+    """Stands in for ``time`` in the runner module: counts the watchdog's samples."""
+
+    monotonic = staticmethod(time.monotonic)
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+        self.samples += 1
+
+    def after_samples(self, count: int) -> None:
+        """Wait until the watchdog has slept ``count`` more times."""
+        target = self.samples + count
+        wait_for(lambda: self.samples >= target, what=f"{count} watchdog samples")
+
+
+def test_the_same_task_slow_again_after_an_idle_pause_is_reported_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = CountingClock()
+    monkeypatch.setattr(wsgi_after.runner, "time", clock)
+    runner = ThreadRunner(max_workers=1, slow_callback=0.05, drain_timeout=TIMEOUT)
+    gate = threading.Event()
+
+    def task() -> None:  # one object, submitted twice: the same task id both times
+        gate.wait(TIMEOUT)
+        gate.clear()
+
+    runner.submit(task)
+    wait_for(lambda: runner.stats().hung == 1, what="the first report")
+    gate.set()
+    assert runner.wait_idle(TIMEOUT)
+    clock.after_samples(2)  # the watchdog saw the worker idle
+    runner.submit(task)
+    wait_for(lambda: runner.stats().hung == 2, what="the second report")
+    gate.set()
+    assert runner.wait_idle(TIMEOUT)
+    runner.shutdown(TIMEOUT)
