@@ -7,10 +7,12 @@ import concurrent.futures
 import contextlib
 import contextvars
 import inspect
+import io
 import logging
 import sys
 import threading
 import typing as t
+import wsgiref.util
 
 import pytest
 
@@ -916,3 +918,119 @@ def test_a_callback_returning_an_async_generator_is_logged(
         ".returns_agen' returned an async generator, which cannot be run to completion."
         " Queue a coroutine function instead."
     )
+
+
+class Refuses:
+    """A runner whose ``submit`` raises (a full or closed executor)."""
+
+    def submit(self, fn: t.Callable[[], object]) -> None:
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def __repr__(self) -> str:
+        return "<Refuses>"
+
+
+def test_a_runner_that_refuses_a_chain_is_logged_and_close_goes_on(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    coros: list[t.Coroutine[t.Any, t.Any, None]] = []
+
+    async def job() -> None:
+        pass
+
+    def view(environ: WSGIEnvironment) -> None:
+        coros.append(job())
+        after(coros[0])
+        after(print)
+
+    response = serve(AfterMiddleware(text_app(view), runner=Refuses()), "/refused")
+    assert response.body == b"ok"  # close() did not raise into the server
+    [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert record.getMessage().startswith("Callbacks [")
+    assert record.getMessage().endswith(
+        "'builtins.print'] queued by 'GET /refused' were not run: <Refuses> refused them."
+    )
+    assert inspect.getcoroutinestate(coros[0]) == "CORO_CLOSED"
+
+
+class Deferred:
+    """A runner that keeps each chain, to be run later by the test."""
+
+    def __init__(self) -> None:
+        self.tasks: list[t.Callable[[], object]] = []
+
+    def submit(self, fn: t.Callable[[], object]) -> None:
+        self.tasks.append(fn)
+
+
+def test_callbacks_see_their_request_after_the_server_reused_its_environ() -> None:
+    runner = Deferred()
+    seen: list[tuple[str, str]] = []
+
+    def callback() -> None:
+        chain = current_chain()
+        assert chain is not None
+        seen.append(chain.method_and_path())
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(callback)
+
+    environ = make_environ("/first", "POST")
+    serve(AfterMiddleware(text_app(view), runner=runner), environ=environ)
+    environ.clear()  # uWSGI clears and reuses its environ once close() returned
+    environ.update(make_environ("/second"))
+    [task] = runner.tasks
+    assert task() is True
+    assert seen == [("POST", "/first")]
+
+
+def test_a_request_that_queued_nothing_never_takes_the_hand_over_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import wsgi_after._chain
+
+    taken: list[str] = []
+
+    class CountingLock:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+
+        def __enter__(self) -> None:
+            taken.append("taken")
+            self.lock.acquire()
+
+        def __exit__(self, *exc_info: object) -> None:
+            self.lock.release()
+
+    monkeypatch.setattr(wsgi_after._chain, "_handover", CountingLock())
+    app = AfterMiddleware(text_app(lambda environ: None), runner=InlineRunner())
+    serve(app)
+    assert taken == []
+    serve(AfterMiddleware(text_app(lambda environ: after(print, end="")), runner=InlineRunner()))
+    assert taken == ["taken", "taken"]  # after(), then close() waits for any after()
+
+
+def test_a_closed_request_keeps_none_of_its_objects() -> None:
+    # Once closed (no callbacks) or run (callbacks), the chain drops the request's
+    # environ, scope, error and file: the public fields say so.
+    runner = Returns()
+    chains: list[t.Any] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        chains.append(environ["wsgi_after.chain"])
+        if environ["PATH_INFO"] == "/queues":
+            after(print, end="")
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"x"))
+
+    middleware = AfterMiddleware(app, runner=runner)
+    for path in ("/nothing", "/queues"):
+        environ = make_environ(path, extra={"wsgi.file_wrapper": wsgiref.util.FileWrapper})
+        response = call(middleware, environ)
+        assert b"".join(response) == b"x"
+        response.close()
+    assert runner.results == [True]
+    for chain in chains:
+        assert (chain.environ, chain.scope, chain.error, chain.file_response) == (None,) * 4
+        assert chain.describe() == "a finished request"
+        assert chain.outcome() == Outcome(200, True, None)

@@ -666,3 +666,59 @@ def test_a_waiter_still_wakes_after_another_waiter_gave_up() -> None:
     assert results == [False, True]
     assert runner._idle_waiters == 0  # white box: no worker wakes a waiter that left
     runner.shutdown(TIMEOUT)
+
+
+def test_counts_of_worker_threads_that_ended_are_kept() -> None:
+    runner = ThreadRunner(max_workers=1, idle_timeout=0.01, name="retiring")
+
+    def threads() -> list[threading.Thread]:
+        return [th for th in threading.enumerate() if th.name.startswith("retiring-")]
+
+    for batch in ([lambda: None, lambda: False], [lambda: False, lambda: None, lambda: None]):
+        for task in batch:
+            runner.submit(task)
+        assert runner.wait_idle(TIMEOUT)
+        wait_for(lambda: not threads(), what="the idle worker thread to end")
+    stats = runner.stats()
+    assert (stats.completed, stats.failed, stats.queued, stats.running) == (5, 2, 0, 0)
+    runner.shutdown(TIMEOUT)
+
+
+def test_tasks_lost_at_shutdown_are_neither_queued_nor_running() -> None:
+    runner, _, release = blocked_runner("block", max_pending=3)
+    runner.submit(lambda: None)
+    runner.submit(lambda: None)
+    assert runner.shutdown(timeout=0.01) is False  # two lost, one cut off
+    release.set()
+    wait_for(lambda: runner.stats().completed == 1, what="the held task to end")
+    stats = runner.stats()
+    assert (stats.queued, stats.running, stats.dropped) == (0, 0, 2)
+
+
+def test_wait_idle_waits_out_a_short_timeout() -> None:
+    runner, _, release = blocked_runner("block")
+
+    def release_once_waited_on() -> None:
+        wait_for(lambda: runner._idle_waiters, what="wait_idle() to wait")  # white box
+        release.set()
+
+    releaser = threading.Thread(target=release_once_waited_on)
+    releaser.start()
+    assert runner.wait_idle(1.0) is True  # under a second is still a wait
+    releaser.join(TIMEOUT)
+    runner.shutdown(TIMEOUT)
+
+
+def test_an_idle_worker_stays_while_tasks_are_queued() -> None:
+    # White box: a worker whose wait for work timed out just as a task arrived
+    # must not end (the task would wait for the next submit to start a thread).
+    runner, _, release = blocked_runner("block")
+    runner.submit(lambda: None)  # queued behind the busy worker
+    [worker] = list(runner._threads)
+    assert runner._retire(worker, idle=True) is False
+    assert runner._live == 1
+    release.set()
+    assert runner.wait_idle(TIMEOUT)
+    runner.begin_shutdown()
+    assert runner._retire(worker, idle=True) is False  # it takes its stop signal first
+    assert runner.finish_shutdown(None) is True
