@@ -84,8 +84,12 @@ def test_coroutine_object_with_arguments_is_refused() -> None:
         finally:
             coro.close()
 
-    with pytest.raises(TypeError, match="got arguments for a coroutine object"):
+    with pytest.raises(TypeError) as info:
         serve(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    assert str(info.value) == (
+        "'after()' got arguments for a coroutine object. Pass the coroutine"
+        " function and its arguments instead: 'after(func, *args)'."
+    )
 
 
 def test_callbacks_run_in_order_in_one_task(runner: ThreadRunner) -> None:

@@ -722,3 +722,23 @@ def test_an_idle_worker_stays_while_tasks_are_queued() -> None:
     runner.begin_shutdown()
     assert runner._retire(worker, idle=True) is False  # it takes its stop signal first
     assert runner.finish_shutdown(None) is True
+
+
+def test_shutdown_without_a_timeout_drains_for_drain_timeout() -> None:
+    runner = ThreadRunner(max_workers=1, drain_timeout=0.05)
+    release = threading.Event()
+    runner.submit(lambda: release.wait(TIMEOUT))
+    started = time.monotonic()
+    assert runner.shutdown() is False  # cut off after 0.05 s, not after the task
+    assert time.monotonic() - started < TIMEOUT / 2
+    release.set()
+
+
+def test_a_bad_timeout_at_shutdown_is_named() -> None:
+    runner = ThreadRunner(max_workers=1)
+    with pytest.raises(ValueError, match=r"^'timeout' must be a number of seconds"):
+        runner.shutdown(-1)
+    runner.drain_timeout = float("nan")  # set after the check in __init__
+    with pytest.raises(ValueError, match=r"^'drain_timeout' must be a number of seconds"):
+        runner.shutdown()
+    assert runner.shutdown(TIMEOUT) is True
