@@ -462,3 +462,26 @@ def test_the_same_task_slow_again_after_an_idle_pause_is_reported_again(
     gate.set()
     assert runner.wait_idle(TIMEOUT)
     runner.shutdown(TIMEOUT)
+
+
+def test_no_queue_delay_when_nobody_listened_at_close() -> None:
+    # A listener subscribed between close and run cannot know the queue delay.
+    tasks: list[t.Callable[[], object]] = []
+    got: list[events.CallbackEvent] = []
+
+    class Deferred:
+        def submit(self, fn: t.Callable[[], object]) -> None:
+            tasks.append(fn)
+
+    def view(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(ok)
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(AfterMiddleware(view, runner=Deferred()))
+    events.subscribe(got.append)
+    try:
+        tasks[0]()
+    finally:
+        events.unsubscribe(got.append)
+    assert [(e.kind, e.queue_delay) for e in got] == [("started", None), ("finished", None)]

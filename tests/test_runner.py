@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import typing as t
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from tests.helpers import TIMEOUT, serve, wait_for
 from wsgi_after import AfterMiddleware, InlineRunner, RunnerStats, ThreadRunner, after
 from wsgi_after.losslog import LossLog
-from wsgi_after.runner import run_task
+from wsgi_after.runner import run_task, thread_stack
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -742,3 +743,42 @@ def test_a_bad_timeout_at_shutdown_is_named() -> None:
     with pytest.raises(ValueError, match=r"^'drain_timeout' must be a number of seconds"):
         runner.shutdown()
     assert runner.shutdown(TIMEOUT) is True
+
+
+def test_a_task_arriving_as_a_worker_times_out_is_still_run() -> None:
+    # The race made certain: a task is submitted just as the worker's wait for work
+    # timed out, before it asks to retire. The worker must stay and run it.
+    runner = ThreadRunner(max_workers=1, idle_timeout=0.01)
+    retire = runner._retire
+    late = threading.Event()
+
+    def submit_then_retire(worker: t.Any, *, idle: bool) -> bool:
+        if not late.is_set() and not runner._queue.qsize():
+            runner.submit(late.set)  # one worker is live: no new thread starts for it
+        return retire(worker, idle=idle)
+
+    runner._retire = submit_then_retire  # type: ignore[method-assign]
+    runner.submit(lambda: None)
+    assert late.wait(TIMEOUT)
+    runner._retire = retire  # type: ignore[method-assign]
+    runner.shutdown(TIMEOUT)
+
+
+def test_thread_stack_shows_a_live_thread_and_nothing_for_a_gone_one() -> None:
+    parked, release = threading.Event(), threading.Event()
+
+    def park() -> None:
+        parked.set()
+        release.wait(TIMEOUT)
+
+    thread = threading.Thread(target=park)
+    thread.start()
+    assert parked.wait(TIMEOUT)
+    assert thread.ident is not None
+    stack = thread_stack(thread.ident)
+    frame = sys._current_frames()[thread.ident]
+    assert stack == "".join(traceback.format_stack(frame))
+    assert "release.wait(TIMEOUT)" in stack
+    release.set()
+    thread.join(TIMEOUT)
+    assert thread_stack(thread.ident) == ""
