@@ -485,3 +485,14 @@ def test_no_queue_delay_when_nobody_listened_at_close() -> None:
     finally:
         events.unsubscribe(got.append)
     assert [(e.kind, e.queue_delay) for e in got] == [("started", None), ("finished", None)]
+
+
+def test_an_idle_worker_is_never_reported_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = CountingClock()
+    monkeypatch.setattr(wsgi_after.runner, "time", clock)
+    runner = ThreadRunner(max_workers=1, slow_callback=0.02, drain_timeout=TIMEOUT)
+    runner.submit(lambda: None)
+    assert runner.wait_idle(TIMEOUT)
+    clock.after_samples(10)  # more than slow_callback of watching the idle worker
+    assert runner.stats().hung == 0
+    assert runner.shutdown(TIMEOUT) is True  # nothing counted as still running

@@ -782,3 +782,10 @@ def test_thread_stack_shows_a_live_thread_and_nothing_for_a_gone_one() -> None:
     release.set()
     thread.join(TIMEOUT)
     assert thread_stack(thread.ident) == ""
+
+
+def test_each_failed_task_of_a_worker_is_counted(runner: ThreadRunner) -> None:
+    for _ in range(3):
+        runner.submit(lambda: False)
+    assert runner.wait_idle(TIMEOUT)
+    assert (runner.stats().completed, runner.stats().failed) == (3, 3)
