@@ -1,33 +1,56 @@
-"""Core micro-benchmarks: what the middleware and the runner cost, beside baselines.
+"""Core micro timings with pyperf: what the middleware and the runner cost, beside baselines.
 
-Run ``python benchmarks/bench_core.py`` (``--quick`` for a short run). Each figure
-is measured in the same process and run as its baseline, as the median of
-several repetitions, and printed with the ratio and the goal:
+Run ``python benchmarks/bench_core.py`` (pyperf's options apply: ``--fast``,
+``--rigorous``, ``-o results.json``; ``python -m pyperf compare_to`` compares two
+runs). pyperf calibrates the loop count, runs every benchmark in several worker
+processes and reports the mean with its standard deviation; :func:`measure` runs
+it as a subprocess for ``run.py`` and returns the median and the spread.
 
-* P1: per-request overhead of :class:`AfterMiddleware` with no callback, against
-  the bare app and against a werkzeug ``ClosingIterator`` wrapper;
-* P2: the cost of ``close()`` with one queued callback, against
-  ``ThreadPoolExecutor.submit`` and ``queue.SimpleQueue.put``;
-* P3: trivial callbacks drained per second with 4 workers, against
-  ``ThreadPoolExecutor``.
+* per request, no callback: the bare app, a werkzeug ``ClosingIterator`` wrapper,
+  :class:`AfterMiddleware` (its overhead is the difference to the bare app);
+* ``close()`` with one queued callback, beside ``ThreadPoolExecutor.submit`` and
+  ``queue.SimpleQueue.put``;
+* trivial callbacks drained with 4 workers, :class:`ThreadRunner` beside
+  ``ThreadPoolExecutor`` (time per callback; its inverse is the rate).
+
+Timings on a shared machine swing between runs; ``instructions.py`` counts
+instructions, which do not.
 """
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
-import gc
+import pathlib
 import queue
-import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import typing as t
 import wsgiref.util
 
+from werkzeug.wsgi import ClosingIterator
+
 from wsgi_after import AfterMiddleware, ThreadRunner, after
 
 if t.TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+BARE = "bare app, per request"
+CLOSING = "werkzeug ClosingIterator, per request"
+MIDDLEWARE = "AfterMiddleware no callback, per request"
+CLOSE = "AfterMiddleware close() with one callback"
+SUBMIT = "ThreadPoolExecutor.submit"
+PUT = "SimpleQueue.put"
+RUNNER_DRAIN = "ThreadRunner, 4 workers, per callback drained"
+POOL_DRAIN = "ThreadPoolExecutor, 4 workers, per callback drained"
+
+
+class Timing(t.NamedTuple):
+    """Seconds: the median of every value pyperf took, and their standard deviation."""
+
+    median: float
+    stdev: float
 
 
 def _environ() -> dict[str, t.Any]:
@@ -56,155 +79,127 @@ def one_callback_app(environ: WSGIEnvironment, start_response: StartResponse) ->
     return [b"hello"]
 
 
-def _serve(app: t.Any, n: int) -> float:
-    """Seconds per request for ``n`` requests served the way a server does."""
+def closing_iterator_app(environ: WSGIEnvironment, sr: StartResponse) -> t.Any:
+    return ClosingIterator(bare_app(environ, sr), [noop])
+
+
+def serve(loops: int, app: WSGIApplication) -> float:
+    """Seconds for ``loops`` requests served the way a server does."""
     base = _environ()
     start = time.perf_counter()
-    for _ in range(n):
+    for _ in range(loops):
         result = app(base.copy(), _start_response)
         for _chunk in result:
             pass
         close = getattr(result, "close", None)
         if close is not None:
             close()
-    return (time.perf_counter() - start) / n
+    return time.perf_counter() - start
 
 
-def median_of(reps: int, fn: t.Callable[[], float]) -> float:
-    values = []
-    for _ in range(reps):
-        gc.collect()
-        values.append(fn())
-    return statistics.median(values)
+def after_close(loops: int) -> float:
+    """Seconds for ``loops`` close() calls, each handing one callback to the runner."""
+    runner = ThreadRunner(max_workers=4, max_pending=loops + 1)
+    middleware = AfterMiddleware(one_callback_app, runner=runner)
+    base = _environ()
+    responses = []
+    for _ in range(loops):
+        result = middleware(base.copy(), _start_response)
+        for _chunk in result:
+            pass
+        responses.append(result)
+    start = time.perf_counter()
+    for result in responses:
+        result.close()  # type: ignore[attr-defined]
+    elapsed = time.perf_counter() - start
+    runner.shutdown(60)
+    return elapsed
 
 
-def p1_overhead(n: int, reps: int) -> dict[str, float]:
-    from werkzeug.wsgi import ClosingIterator
+def executor_submit(loops: int) -> float:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        submit = pool.submit
+        start = time.perf_counter()
+        for _ in range(loops):
+            submit(noop)
+        return time.perf_counter() - start
 
-    def closing_iterator_app(environ: WSGIEnvironment, sr: StartResponse) -> t.Any:
-        return ClosingIterator(bare_app(environ, sr), [noop])
 
+def simplequeue_put(loops: int) -> float:
+    q: queue.SimpleQueue[t.Any] = queue.SimpleQueue()
+    put = q.put
+    start = time.perf_counter()
+    for _ in range(loops):
+        put(noop)
+    return time.perf_counter() - start
+
+
+def runner_drain(loops: int) -> float:
+    runner = ThreadRunner(max_workers=4, max_pending=loops + 1)
+    start = time.perf_counter()
+    for _ in range(loops):
+        runner.submit(noop)
+    runner.wait_idle(120)
+    elapsed = time.perf_counter() - start
+    runner.shutdown(60)
+    return elapsed
+
+
+def executor_drain(loops: int) -> float:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+    start = time.perf_counter()
+    for _ in range(loops):
+        pool.submit(noop)
+    pool.shutdown(wait=True)
+    return time.perf_counter() - start
+
+
+def benchmarks() -> dict[str, tuple[t.Callable[..., float], tuple[t.Any, ...]]]:
     middleware = AfterMiddleware(bare_app, runner=ThreadRunner(max_workers=1))
-    results = {"bare": [], "ClosingIterator": [], "AfterMiddleware": []}  # type: dict[str, list[float]]
-    for _ in range(reps):  # interleaved, so drift hits all three alike
-        gc.collect()
-        results["bare"].append(_serve(bare_app, n))
-        results["ClosingIterator"].append(_serve(closing_iterator_app, n))
-        results["AfterMiddleware"].append(_serve(middleware, n))
-    return {k: statistics.median(v) for k, v in results.items()}
+    return {
+        BARE: (serve, (bare_app,)),
+        CLOSING: (serve, (closing_iterator_app,)),
+        MIDDLEWARE: (serve, (middleware,)),
+        CLOSE: (after_close, ()),
+        SUBMIT: (executor_submit, ()),
+        PUT: (simplequeue_put, ()),
+        RUNNER_DRAIN: (runner_drain, ()),
+        POOL_DRAIN: (executor_drain, ()),
+    }
 
 
-def p2_close(n: int, reps: int) -> dict[str, float]:
-    def after_close() -> float:
-        runner = ThreadRunner(max_workers=4, max_pending=n + 1)
-        middleware = AfterMiddleware(one_callback_app, runner=runner)
-        base = _environ()
-        responses = []
-        for _ in range(n):
-            result = middleware(base.copy(), _start_response)
-            for _chunk in result:
-                pass
-            responses.append(result)
-        start = time.perf_counter()
-        for result in responses:
-            result.close()  # type: ignore[attr-defined]
-        elapsed = (time.perf_counter() - start) / n
-        runner.shutdown(60)
-        return elapsed
-
-    def executor_submit() -> float:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-            submit = pool.submit
-            start = time.perf_counter()
-            for _ in range(n):
-                submit(noop)
-            return (time.perf_counter() - start) / n
-
-    def simplequeue_put() -> float:
-        q: queue.SimpleQueue[t.Any] = queue.SimpleQueue()
-        put = q.put
-        start = time.perf_counter()
-        for _ in range(n):
-            put(noop)
-        return (time.perf_counter() - start) / n
-
-    results = {
-        "AfterMiddleware close()": [],
-        "ThreadPoolExecutor.submit": [],
-        "SimpleQueue.put": [],
-    }  # type: dict[str, list[float]]
-    for _ in range(reps):
-        gc.collect()
-        results["AfterMiddleware close()"].append(after_close())
-        results["ThreadPoolExecutor.submit"].append(executor_submit())
-        results["SimpleQueue.put"].append(simplequeue_put())
-    return {k: statistics.median(v) for k, v in results.items()}
+def measure(quick: bool = False) -> dict[str, Timing]:
+    """Run this file under pyperf in a subprocess; ``quick``: one value each (CI)."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = pathlib.Path(folder) / "core.json"
+        options = ["--processes=1", "--values=1", "--warmups=1", "--min-time=0.01"] if quick else []
+        subprocess.run(
+            [sys.executable, __file__, "--quiet", "-o", str(out), *options],
+            check=True, timeout=1800,
+        )  # fmt: skip
+        return load(out)
 
 
-def p3_drain(n: int, reps: int) -> dict[str, float]:
-    def runner_rate() -> float:
-        runner = ThreadRunner(max_workers=4, max_pending=n + 1)
-        start = time.perf_counter()
-        for _ in range(n):
-            runner.submit(noop)
-        runner.wait_idle(120)
-        rate = n / (time.perf_counter() - start)
-        runner.shutdown(60)
-        return rate
+def load(path: pathlib.Path) -> dict[str, Timing]:
+    """Each benchmark's median and standard deviation from a pyperf JSON file."""
+    import pyperf
 
-    def executor_rate() -> float:
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
-        start = time.perf_counter()
-        for _ in range(n):
-            pool.submit(noop)
-        pool.shutdown(wait=True)
-        return n / (time.perf_counter() - start)
-
-    results = {"ThreadRunner": [], "ThreadPoolExecutor": []}  # type: dict[str, list[float]]
-    for _ in range(reps):
-        gc.collect()
-        results["ThreadRunner"].append(runner_rate())
-        results["ThreadPoolExecutor"].append(executor_rate())
-    return {k: statistics.median(v) for k, v in results.items()}
+    suite = pyperf.BenchmarkSuite.load(str(path))
+    timings = {}
+    for bench in suite.get_benchmarks():
+        values = bench.get_values()
+        stdev = bench.stdev() if len(values) > 1 else 0.0
+        timings[bench.get_name()] = Timing(bench.median(), stdev)
+    return timings
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a short run: checks nothing rots")
-    parser.add_argument("--reps", type=int, default=None, help="repetitions (median reported)")
-    args = parser.parse_args(argv)
-    reps = args.reps or (3 if args.quick else 7)
-    n = 2_000 if args.quick else 100_000
+def main() -> int:
+    import pyperf
 
-    print(f"Python {sys.version.split()[0]}, median of {reps} runs, n={n}\n")
-    p1 = p1_overhead(n, reps)
-    overhead = (p1["AfterMiddleware"] - p1["bare"]) * 1e6
-    print("P1 per-request overhead, no callback (goal <= 1.0 us)")
-    for k, v in p1.items():
-        print(f"   {k:<28} {v * 1e6:8.3f} us/request")
-    print(
-        f"   AfterMiddleware - bare      {overhead:8.3f} us"
-        f"   ClosingIterator - bare {(p1['ClosingIterator'] - p1['bare']) * 1e6:.3f} us"
-        f"   -> {'met' if overhead <= 1.0 else 'MISSED'}\n"
-    )
-
-    p2 = p2_close(n, reps)
-    close, submit = p2["AfterMiddleware close()"], p2["ThreadPoolExecutor.submit"]
-    print("P2 close() with one queued callback (goal <= 2 us and >= 4x cheaper than TPE.submit)")
-    for k, v in p2.items():
-        print(f"   {k:<28} {v * 1e6:8.3f} us")
-    ok = close * 1e6 <= 2.0 and submit / close >= 4
-    verdict = "met" if ok else "MISSED"
-    print(f"   ratio TPE.submit / close()   {submit / close:8.2f} x   -> {verdict}\n")
-
-    p3 = p3_drain(n, reps)
-    ratio = p3["ThreadRunner"] / p3["ThreadPoolExecutor"]
-    print("P3 trivial callbacks drained per second, 4 workers (goal >= 10x ThreadPoolExecutor)")
-    for k, v in p3.items():
-        print(f"   {k:<28} {v:12,.0f} /s")
-    print(
-        f"   ratio                        {ratio:8.2f} x   -> {'met' if ratio >= 10 else 'MISSED'}"
-    )
+    runner = pyperf.Runner()
+    runner.metadata["description"] = (__doc__ or "").splitlines()[0]
+    for name, (func, args) in benchmarks().items():
+        runner.bench_time_func(name, func, *args)
     return 0
 
 

@@ -97,7 +97,7 @@ else:
             from wsgi_after.celery import CeleryRunner
 
             celery_app = Celery("bench", broker=os.environ.get("BENCH_BROKER", ""))
-            runner = CeleryRunner(celery_app)
+            runner = CeleryRunner(celery_app, allow=["e2e_app"])  # the worker reads it too
         else:
             runner = ThreadRunner(
                 max_workers=WORKERS,

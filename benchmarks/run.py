@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import datetime
 import importlib.metadata
+import json
 import os
 import pathlib
 import platform
@@ -22,8 +23,9 @@ import typing as t
 import bench_core
 import bench_memory
 import e2e
+import instructions
 
-from wsgi_after.demo import free_port
+from wsgi_after.demo import free_port, wait_for_port
 
 HERE = pathlib.Path(__file__).parent
 IO_VARIANTS = ["none", "after", "after-plain", "inline", "call_on_close", "executor", "naive"]
@@ -87,7 +89,8 @@ def celery_cluster() -> t.Iterator[str]:
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        time.sleep(3)  # the worker connects; nothing is measured before it is up
+        wait_for_port(port, redis)
+        wait_for_worker(broker, worker)  # nothing is measured before it answers
         yield broker
     finally:
         worker.terminate()
@@ -96,12 +99,28 @@ def celery_cluster() -> t.Iterator[str]:
         redis.wait(30)
 
 
+def wait_for_worker(broker: str, worker: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Ping the Celery worker over ``broker`` until it answers; fail at once if it died."""
+    from celery import Celery
+
+    app = Celery("bench-ping", broker=broker)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise RuntimeError(f"the Celery worker exited with {worker.returncode}")
+            if app.control.ping(timeout=0.5):  # waits up to 0.5 s for a reply
+                return
+        raise TimeoutError(f"the Celery worker did not answer a ping within {timeout} s")
+    finally:
+        app.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="everything, briefly")
     args = parser.parse_args(argv)
     quick = args.quick
-    reps = 2 if quick else 5
     out: list[str] = []
 
     def emit(line: str = "") -> None:
@@ -114,40 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     emit(f"Machine: {machine()}.")
     emit()
     emit("Reproduce with `python benchmarks/run.py`. Each figure is beside its baseline,")
-    emit("measured in the same run; micro figures are medians of "
-         f"{reps} repetitions.")  # fmt: skip
+    emit("measured in the same run.")
 
-    n = 2_000 if quick else 100_000
-    p1 = bench_core.p1_overhead(n, reps)
-    p2 = bench_core.p2_close(n, reps)
-    p3 = bench_core.p3_drain(n, reps)
-    overhead = (p1["AfterMiddleware"] - p1["bare"]) * 1e6
-    closing = (p1["ClosingIterator"] - p1["bare"]) * 1e6
-    close, submit = p2["AfterMiddleware close()"] * 1e6, p2["ThreadPoolExecutor.submit"] * 1e6
-    # The goals were set where ThreadPoolExecutor.submit costs 6.5 us: scale to that.
-    scale = 6.5 / submit
-    drain = p3["ThreadRunner"] / p3["ThreadPoolExecutor"]
-    emit()
-    emit("## Micro figures")
-    emit()
-    emit("| figure | wsgi_after | baseline | ratio | goal | here | at TPE.submit = 6.5 us |")
-    emit("|---|---|---|---|---|---|---|")
-    emit(f"| P1 overhead per request, no callback | {overhead:.2f} us | ClosingIterator"
-         f" {closing:.2f} us | {overhead / closing:.2f}x | <= 1.0 us | {verdict(overhead <= 1)}"
-         f" | {overhead * scale:.2f} us: {verdict(overhead * scale <= 1)} |")  # fmt: skip
-    p2_here = close <= 2 and submit / close >= 4
-    p2_scaled = close * scale <= 2 and submit / close >= 4
-    emit(f"| P2 close() with one callback | {close:.2f} us | TPE.submit {submit:.2f} us |"
-         f" {submit / close:.1f}x cheaper | <= 2 us, >= 4x | {verdict(p2_here)}"
-         f" | {close * scale:.2f} us: {verdict(p2_scaled)} |")  # fmt: skip
-    emit(f"| P3 trivial callbacks drained /s, 4 workers | {p3['ThreadRunner']:,.0f} |"
-         f" TPE {p3['ThreadPoolExecutor']:,.0f} | {drain:.1f}x | >= 10x | {verdict(drain >= 10)}"
-         " | (a ratio) |")  # fmt: skip
-    emit()
-    emit(f"Bare app: {p1['bare'] * 1e6:.2f} us/request; SimpleQueue.put"
-         f" {p2['SimpleQueue.put'] * 1e6:.3f} us. This machine is noisy and slower than the one the"
-         " goals were set on; the last column scales each time by 6.5 us / the TPE.submit measured"
-         " in this run.")  # fmt: skip
+    if not quick:  # CI runs 'instructions.py --check' on its own
+        for line in instructions_section(instructions.measure(list(instructions.STACKS))):
+            emit(line)
+    for line in micro_section(bench_core.measure(quick)):
+        emit(line)
 
     p6 = bench_memory.p6_memory(20_000 if quick else 1_000_000)
     emit()
@@ -234,6 +226,61 @@ def main(argv: list[str] | None = None) -> int:
     emit(f"![P4 latency distributions](latency{suffix}.png)")
     (HERE / f"RESULTS{suffix}.md").write_text("\n".join(out) + "\n")
     return 0
+
+
+def instructions_section(counts: dict[str, float]) -> list[str]:
+    """The table of instructions per request (see ``instructions.py``)."""
+    budgets = json.loads(instructions.BUDGETS.read_text())
+    return [
+        "",
+        "## Instructions per request",
+        "",
+        "Counted by `valgrind --tool=callgrind` (`python benchmarks/instructions.py`): the"
+        " same for the same code whatever else the machine does. In-process WSGI calls (a"
+        " copy of one environ, iterate, close), callbacks no-ops with their hand-off and"
+        " their run on the worker thread included; the difference of two runs divided by"
+        ' the requests between them. "+N" is the cost over Flask hello world; CI fails when'
+        " a count exceeds its limit by more than 5 %.",
+        "",
+        instructions.BEGIN,  # 'instructions.py --write' replaces what is between the two
+        *instructions.table(counts, budgets),
+        instructions.END,
+    ]
+
+
+def micro_section(core: dict[str, bench_core.Timing]) -> list[str]:
+    """The pyperf micro timings (see ``bench_core.py``)."""
+
+    def us(name: str) -> str:
+        timing = core[name]
+        return f"{timing.median * 1e6:.2f} us (+- {timing.stdev * 1e6:.2f})"
+
+    overhead = (core[bench_core.MIDDLEWARE].median - core[bench_core.BARE].median) * 1e6
+    closing = (core[bench_core.CLOSING].median - core[bench_core.BARE].median) * 1e6
+    close, submit = core[bench_core.CLOSE].median, core[bench_core.SUBMIT].median
+    drained = 1 / core[bench_core.RUNNER_DRAIN].median
+    pool_drained = 1 / core[bench_core.POOL_DRAIN].median
+    return [
+        "",
+        "## Micro timings",
+        "",
+        "pyperf (`python benchmarks/bench_core.py`): calibrated loops, values from several"
+        " worker processes; the median, and the standard deviation after +-.",
+        "",
+        "| measurement | time | beside |",
+        "|---|---|---|",
+        f"| per request, bare app | {us(bench_core.BARE)} | |",
+        f"| per request, werkzeug ClosingIterator | {us(bench_core.CLOSING)} |"
+        f" {closing:.2f} us over the bare app |",
+        f"| per request, AfterMiddleware, no callback | {us(bench_core.MIDDLEWARE)} |"
+        f" {overhead:.2f} us over the bare app ({overhead / closing:.2f}x ClosingIterator's) |",
+        f"| close() with one callback | {us(bench_core.CLOSE)} | ThreadPoolExecutor.submit"
+        f" {us(bench_core.SUBMIT)}: {submit / close:.1f}x the time |",
+        f"| SimpleQueue.put | {us(bench_core.PUT)} | |",
+        f"| trivial callbacks drained, 4 workers | {us(bench_core.RUNNER_DRAIN)} each:"
+        f" {drained:,.0f}/s | ThreadPoolExecutor {pool_drained:,.0f}/s:"
+        f" {drained / pool_drained:.1f}x |",
+    ]
 
 
 def p7_section(rate: float, duration: float) -> list[str]:

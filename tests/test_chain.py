@@ -1038,3 +1038,30 @@ def test_a_closed_request_keeps_none_of_its_objects() -> None:
         assert (chain.environ, chain.scope, chain.error, chain.file_response) == (None,) * 4
         assert chain.describe() == "a finished request"
         assert chain.outcome() == Outcome(200, True, None)
+
+
+def test_a_failures_log_line_carries_the_requests_context(
+    runner: ThreadRunner, log: pytest.LogCaptureFixture
+) -> None:
+    # Logged inside the callback's context: structured-logging filters and trace
+    # correlation that read context variables see the request's values.
+    class RequestId(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.request_id = request_id.get()
+            return True
+
+    def broken() -> None:
+        raise ValueError("x")
+
+    def view(environ: WSGIEnvironment) -> None:
+        request_id.set("req-42")
+        after(broken)
+
+    logging.getLogger("wsgi_after").addFilter(request_id_filter := RequestId())
+    try:
+        serve(AfterMiddleware(text_app(view), runner=runner))
+        assert runner.wait_idle(5)
+    finally:
+        logging.getLogger("wsgi_after").removeFilter(request_id_filter)
+    [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert record.request_id == "req-42"  # type: ignore[attr-defined]

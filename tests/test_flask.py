@@ -549,3 +549,28 @@ def test_shutdown_reports_what_could_not_run(log: pytest.LogCaptureFixture) -> N
     finally:
         release.set()
     assert any("was not run" in r.getMessage() for r in log.records)
+
+
+def test_after_in_teardown_request_runs_once_and_does_not_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("DEBUG", logger="wsgi_after")
+    app = Flask(__name__)
+    After(app, runner=InlineRunner())
+    runs: list[str] = []
+
+    @app.teardown_request
+    def audit_teardown(exc: BaseException | None) -> None:
+        after(runs.append, "teardown")  # runs for the request, and for each callback's context
+
+    @app.get("/")
+    def view() -> str:
+        after(runs.append, "view")
+        return "ok"
+
+    with app.test_client().get("/"):
+        pass
+    assert runs == ["view", "teardown"]  # the callbacks' own teardowns queue nothing
+    ignored = [r for r in caplog.records if r.getMessage().startswith("Ignored 'after(")]
+    assert len(ignored) == 1  # logged once per request, at DEBUG
+    assert ignored[0].levelname == "DEBUG"

@@ -4,7 +4,7 @@ and the recipe's listener tags that event with the callback and its request."""
 from __future__ import annotations
 
 import collections.abc
-import threading
+import contextvars
 import typing as t
 
 import pytest
@@ -33,19 +33,20 @@ class MemoryTransport(Transport):
 
 
 # The recipe (as in README.md).
-_failure = threading.local()
+running: contextvars.ContextVar[events.CallbackEvent | None] = contextvars.ContextVar(
+    "running_callback", default=None
+)
 
 
 def remember_failure(event: events.CallbackEvent) -> None:
-    """ "failed" is emitted on the thread that logs the failure right after it."""
-    if event.kind == "failed":
-        _failure.event = event
+    """ "started" is emitted inside the callback's context, where its failure is logged."""
+    if event.kind == "started":
+        running.set(event)
 
 
 def tag_callback_failure(sentry_event: t.Any, hint: dict[str, t.Any]) -> t.Any:
-    event = getattr(_failure, "event", None)
-    if event is not None and hint.get("exc_info", (None, None))[1] is event.error:
-        _failure.event = None
+    event = running.get()
+    if event is not None:
         sentry_event.setdefault("tags", {}).update(
             {"wsgi_after.callback": event.name, "http.method": event.method, "url.path": event.path}
         )

@@ -236,29 +236,23 @@ class Chain(ClosingResponse):
                 self.started = i
                 func, args, kwargs, ctx = callbacks[i]  # type: ignore[misc]
                 self.notes &= ~_TEARDOWN
-                try:
-                    if observed:
-                        ctx.run(_call_observed, self, scope, func, args, kwargs, method, path)
-                    elif scope is None:
-                        ctx.run(_call, func, args, kwargs)
-                    else:  # entered inside the snapshot, so what it sets is what func sees
-                        ctx.run(_call_in_scope, self, scope, func, args, kwargs)
-                except BaseException as e:
-                    if lifecycle.generation != generation:
-                        raise  # a forked child leaving: never run the parent's callbacks
-                    ok = False
-                    logger.error(
-                        "Callback '%s' queued by '%s' raised %s.",
-                        callback_name(func),
-                        self.describe(),  # the chain is released only after the loop
-                        type(e).__name__,
-                        exc_info=True,
+                # Inside the snapshot: the scope's context, the callback, and the log
+                # line of its failure all see the request's context variables.
+                if observed:
+                    error = ctx.run(
+                        _run_observed, self, func, args, kwargs, generation, method, path
                     )
-                    if interrupt is None and isinstance(e, (KeyboardInterrupt, SystemExit)):
-                        interrupt = e
+                else:
+                    error = ctx.run(_run, self, scope, func, args, kwargs, generation)
+                if error is not None:
+                    if lifecycle.generation != generation:
+                        raise error  # a forked child leaving: never run the parent's callbacks
+                    ok = False
+                    if interrupt is None and isinstance(error, (KeyboardInterrupt, SystemExit)):
+                        interrupt = error
                 if lifecycle.generation != generation:
                     return ok  # a forked child that returned from the callback
-                callbacks[i] = func = args = kwargs = ctx = None
+                callbacks[i] = func = args = kwargs = ctx = error = None
                 i += 1
         finally:
             if lifecycle.generation == generation:
@@ -376,14 +370,50 @@ class _FutureWatch:
             )
 
 
+def _run(
+    chain: Chain,
+    scope: t.Callable[[], t.ContextManager[object]] | None,
+    func: t.Any,
+    args: tuple[t.Any, ...],
+    kwargs: dict[str, t.Any],
+    generation: int,
+) -> BaseException | None:
+    """Run one callback, in ``scope`` when given; log its failure by name, here inside
+    its context. Return what it raised, else None."""
+    try:
+        if scope is not None:
+            _call_in_scope(chain, scope, func, args, kwargs)
+        elif type(func) is CoroutineType:
+            asyncio.run(func)
+        else:
+            result = func(*args, **kwargs)
+            if result is not None:
+                _finish(func, result)
+    except BaseException as e:
+        if lifecycle.generation == generation:  # not in a forked child that is leaving
+            logger.error(
+                "Callback '%s' queued by '%s' raised %s.",
+                callback_name(func),
+                chain.describe(),  # the chain is released only after its last callback
+                type(e).__name__,
+                exc_info=e,
+            )
+        return e
+    return None
+
+
 def _call(func: t.Any, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> None:
     """Call a callback; run an awaitable (given, or returned) to completion."""
     if type(func) is CoroutineType:
         asyncio.run(func)
         return
     result = func(*args, **kwargs)
-    if result is None:
-        return
+    if result is not None:
+        _finish(func, result)
+
+
+def _finish(func: t.Any, result: object) -> None:
+    """Run what a callback returned to completion, when it is awaitable."""
     if type(result) is CoroutineType:
         asyncio.run(result)
     elif inspect.isawaitable(result):
@@ -413,32 +443,29 @@ def _call_in_scope(
             chain.notes |= _TEARDOWN
 
 
-def _call_observed(
+def _run_observed(
     chain: Chain,
-    scope: t.Callable[[], t.ContextManager[object]] | None,
     func: t.Any,
     args: tuple[t.Any, ...],
     kwargs: dict[str, t.Any],
+    generation: int,
     method: str,
     path: str,
-) -> None:
-    """:func:`_call` (in ``scope`` when given) between "started" and "finished" or
-    "failed" events, emitted inside the callback's context."""
+) -> BaseException | None:
+    """:func:`_run` between "started" and "finished" or "failed" events, emitted
+    inside the callback's context (the failure is logged before "failed", while a
+    listener's span is still current)."""
     name = callback_name(func)
     delay = time.monotonic() - chain.closed_at if chain.closed_at else None
     events.emit(events.CallbackEvent("started", name, method, path, delay))
     started = time.perf_counter()
-    try:
-        if scope is None:
-            _call(func, args, kwargs)
-        else:
-            _call_in_scope(chain, scope, func, args, kwargs)
-    except BaseException as e:
-        run_time = time.perf_counter() - started
-        events.emit(events.CallbackEvent("failed", name, method, path, delay, run_time, e))
-        raise
+    error = _run(chain, chain.scope, func, args, kwargs, generation)
     run_time = time.perf_counter() - started
-    events.emit(events.CallbackEvent("finished", name, method, path, delay, run_time))
+    if error is None:
+        events.emit(events.CallbackEvent("finished", name, method, path, delay, run_time))
+    else:
+        events.emit(events.CallbackEvent("failed", name, method, path, delay, run_time, error))
+    return error
 
 
 def current_chain() -> Chain | None:

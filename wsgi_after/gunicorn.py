@@ -5,14 +5,14 @@ In ``gunicorn.conf.py``::
     from wsgi_after.gunicorn import post_fork, worker_exit
 
 * :func:`post_fork` starts the runners' threads in each new worker, so the
-  first request's callbacks do not wait for thread start-up (without it,
-  threads start at the first ``submit()``; a runner used in the master under
+  first requests' callbacks do not wait for thread start-up (without it,
+  threads start as tasks need them; a runner used in the master under
   ``--preload`` works in workers either way).
-* :func:`worker_exit` drains the runners while gunicorn is still waiting for the
-  worker, bounded by ``graceful_timeout`` less a margin, so the master never
-  SIGKILLs a worker in the middle of a callback; without it, the runners drain
-  at interpreter exit for at most their ``drain_timeout`` (25 s by default,
-  under gunicorn's 30 s ``graceful_timeout``).
+* :func:`worker_exit` drains every runner against one deadline while gunicorn
+  is still waiting for the worker, bounded by ``graceful_timeout`` less a
+  margin, so the master never SIGKILLs a worker in the middle of a callback;
+  without it, the runners drain at interpreter exit for at most their
+  ``drain_timeout`` (25 s by default, under gunicorn's 30 s ``graceful_timeout``).
 * :func:`child_exit` (with :mod:`wsgi_after.prometheus` in prometheus_client's
   multiprocess mode) forgets a dead worker's queue-depth gauge.
 """

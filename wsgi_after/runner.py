@@ -233,8 +233,9 @@ def _work(
         except BaseException as e:
             ok = False
             error = e
-            if lifecycle.generation == generation:
-                run_task(_Raise(fn, e))  # logs it as run_task would have
+            if lifecycle.generation == generation and getattr(fn, "callback_names", None) is None:
+                request, names = describe_task(fn)  # a Task logs its own callbacks
+                logger.error("Task %s queued by '%s' raised.", names, request, exc_info=e)
         if lifecycle.generation != generation:
             _leave_forked_child(error)
         del error
@@ -291,22 +292,6 @@ def _wake(
     """The runner was freed: its workers run what is queued, then end."""
     for _ in range(count):
         tasks.put(None)
-
-
-class _Raise:
-    """Raises a task's error again inside :func:`run_task`, named like the task."""
-
-    __slots__ = ("error", "task")
-
-    def __init__(self, task: t.Callable[[], object], error: BaseException) -> None:
-        self.task = task
-        self.error = error
-
-    def __call__(self) -> object:
-        raise self.error
-
-    def __getattr__(self, name: str) -> t.Any:
-        return getattr(self.task, name)
 
 
 class ThreadRunner:
@@ -569,8 +554,6 @@ class ThreadRunner:
     def _report_slow(self, worker: _Worker, task: object, running_for: float) -> None:
         request, names = describe_task(task)
         name = names[0] if names else "?"
-        with self._lock:
-            self._hung += 1
         logger.warning(
             "Callback '%s' queued by '%s' has been running for %.1f s on '%s'"
             " (slow_callback=%.1f s). Its thread's stack:\n%s",
@@ -584,6 +567,8 @@ class ThreadRunner:
         if events.listeners:
             method, _, path = request.partition(" ")
             events.emit(events.CallbackEvent("slow", name, method, path, run_time=running_for))
+        with self._lock:  # counted once it is logged: whoever sees the count sees the line
+            self._hung += 1
 
     def _retire(self, worker: _Worker, *, idle: bool) -> bool:
         """A worker thread is about to end: fold its counters in. False keeps it

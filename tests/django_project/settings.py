@@ -42,11 +42,14 @@ def _database(name: str, test_name: str) -> dict[str, object]:
     }
 
 
+# Test databases named per process: two test runs on one server (nox sessions, a developer's
+# run beside CI's) never share, nor drop, each other's database.
+_RUN = os.getpid()
 DATABASES = {
     "default": _database(
-        os.environ.get("WSGI_AFTER_DJANGO_DB_NAME", "test"), "test_wsgi_after_django"
+        os.environ.get("WSGI_AFTER_DJANGO_DB_NAME", "test"), f"test_wsgi_after_django_{_RUN}"
     ),
-    "other": _database("test", "test_wsgi_after_django_other"),
+    "other": _database("test", f"test_wsgi_after_django_other_{_RUN}"),
 }
 
 WSGI_AFTER = {"MAX_WORKERS": 4, "DRAIN_TIMEOUT": 10.0}

@@ -87,9 +87,12 @@ def test_counters_sum_over_workers_gauges_are_live_and_dead_workers_are_cleaned(
         sent += 1
 
     def all_counted(samples: dict[t.Any, float]) -> bool:
+        # Every metric of the last callback: a scrape may fall between two of them.
         return (
             value(samples, "wsgi_after_callbacks_total", outcome="completed", callback=OK) == sent
             and value(samples, "wsgi_after_callbacks_total", outcome="failed", callback=BROKEN)
+            == sent
+            and value(samples, "wsgi_after_callback_duration_seconds_count", callback=BROKEN)
             == sent
         )
 
