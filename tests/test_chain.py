@@ -950,6 +950,8 @@ def test_a_runner_that_refuses_a_chain_is_logged_and_close_goes_on(
     response = serve(AfterMiddleware(text_app(view), runner=Refuses()), "/refused")
     assert response.body == b"ok"  # close() did not raise into the server
     [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert record.exc_info is not None
+    assert type(record.exc_info[1]) is RuntimeError  # the runner's error, with its traceback
     assert record.getMessage().startswith("Callbacks [")
     assert record.getMessage().endswith(
         "'builtins.print'] queued by 'GET /refused' were not run: <Refuses> refused them."
@@ -1065,3 +1067,52 @@ def test_a_failures_log_line_carries_the_requests_context(
         logging.getLogger("wsgi_after").removeFilter(request_id_filter)
     [record] = [r for r in log.records if r.levelname == "ERROR"]
     assert record.request_id == "req-42"  # type: ignore[attr-defined]
+
+
+class Checks:
+    """A runner that checks each callback in after(), as CeleryRunner does."""
+
+    def __init__(self) -> None:
+        self.checked: list[tuple[object, tuple[object, ...], dict[str, object]]] = []
+
+    def submit(self, fn: t.Callable[[], object]) -> None:
+        fn()
+
+    def check_callback(
+        self, func: object, args: tuple[object, ...], kwargs: dict[str, t.Any]
+    ) -> None:
+        self.checked.append((func, args, kwargs))
+        if args == ("bad",):
+            raise TypeError("cannot take 'bad'")
+
+
+def test_a_runners_check_sees_each_callback_and_can_refuse_it() -> None:
+    runner = Checks()
+    ran: list[object] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(ran.append, "good")
+        with pytest.raises(TypeError, match="cannot take 'bad'"):
+            after(ran.append, "bad")
+
+    serve(AfterMiddleware(text_app(view), runner=runner))
+    assert runner.checked == [(ran.append, ("good",), {}), (ran.append, ("bad",), {})]
+    assert ran == ["good"]
+
+
+def test_after_returns_the_function_and_none_for_a_coroutine() -> None:
+    returned: list[object] = []
+
+    async def job() -> None:
+        pass
+
+    def refused_inside() -> None:  # past max_callbacks: refused, logged, still returns
+        returned.append(after(print))
+        returned.append(after(job()))
+
+    def view(environ: WSGIEnvironment) -> None:
+        returned.append(after(refused_inside))
+        returned.append(after(job()))
+
+    serve(AfterMiddleware(text_app(view), runner=InlineRunner(), max_callbacks=2))
+    assert returned == [refused_inside, None, print, None]

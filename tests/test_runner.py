@@ -9,10 +9,12 @@ import sys
 import threading
 import time
 import traceback
+import types
 import typing as t
 
 import pytest
 
+import wsgi_after.runner
 from tests.helpers import TIMEOUT, serve, wait_for
 from wsgi_after import AfterMiddleware, InlineRunner, RunnerStats, ThreadRunner, after
 from wsgi_after.losslog import LossLog
@@ -786,3 +788,88 @@ def test_each_failed_task_of_a_worker_is_counted(runner: ThreadRunner) -> None:
         runner.submit(lambda: False)
     assert runner.wait_idle(TIMEOUT)
     assert (runner.stats().completed, runner.stats().failed) == (3, 3)
+
+
+def test_a_task_still_running_at_shutdown_is_logged_with_its_stack(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    runner = ThreadRunner(max_workers=1, drain_timeout=5, name="cutoff")
+    release = threading.Event()
+
+    def stuck() -> None:
+        release.wait(TIMEOUT)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(stuck)
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(AfterMiddleware(app, runner=runner), "/held")
+    wait_for(lambda: runner.stats().running, what="the callback to start")
+    started = time.monotonic()
+    assert runner.shutdown(timeout=0.05) is False
+    assert time.monotonic() - started < 0.9  # the deadline, not a second per thread
+    release.set()
+    [error] = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert re.match(
+        r"Callbacks \['tests\.test_runner\.test_a_task_still_running_at_shutdown_is_logged_with"
+        r"_its_stack\.<locals>\.stuck'\] queued by 'GET /held' were still running when 'cutoff'"
+        r" shut down; they are cut off at exit\. The thread's stack:\n.*release\.wait\(TIMEOUT\)",
+        error,
+        re.DOTALL,
+    ), error
+
+
+def test_a_task_lost_at_shutdown_says_how_long_the_drain_was(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    runner, _, release = blocked_runner("block")
+    runner.submit(lambda: None)  # lost
+    assert runner.shutdown(timeout=0.01) is False
+    release.set()
+    lost = [r.getMessage() for r in log.records if "shut down before its turn" in r.getMessage()]
+    assert lost
+    assert re.search(
+        r"'wsgi-after' shut down before its turn \(it drained for 0\.\d s\)\.", lost[0]
+    )
+
+
+def test_a_failed_thread_start_is_retried_after_a_second_only(
+    monkeypatch: pytest.MonkeyPatch, log: pytest.LogCaptureFixture
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(
+        wsgi_after.runner, "time", types.SimpleNamespace(monotonic=lambda: now[0], sleep=time.sleep)
+    )
+    runner = ThreadRunner(max_workers=2, drain_timeout=5, name="flaky")
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        release.wait(TIMEOUT)
+
+    runner.submit(hold)
+    assert busy.wait(TIMEOUT)
+    [worker] = [th for th in threading.enumerate() if th.name == "flaky-0"]
+    assert worker.daemon  # never holds the interpreter's exit
+    attempts: list[str] = []
+    real_start = threading.Thread.start
+
+    def failing_start(self: threading.Thread) -> None:
+        attempts.append(self.name)
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", failing_start)
+    runner.submit(lambda: None)  # queued: no new thread needed yet
+    runner.submit(lambda: None)  # a backlog: a second thread is tried, and fails
+    assert attempts == ["flaky-1"]
+    runner.submit(lambda: None)
+    runner.start()
+    assert attempts == ["flaky-1"]  # failed a moment ago: not tried on every submit
+    now[0] += 1.5
+    runner.submit(lambda: None)
+    assert attempts == ["flaky-1", "flaky-1"]  # a second later: tried again
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    release.set()
+    assert runner.wait_idle(TIMEOUT)
+    assert runner.shutdown(TIMEOUT) is True
