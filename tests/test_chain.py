@@ -1116,3 +1116,65 @@ def test_after_returns_the_function_and_none_for_a_coroutine() -> None:
 
     serve(AfterMiddleware(text_app(view), runner=InlineRunner(), max_callbacks=2))
     assert returned == [refused_inside, None, print, None]
+
+
+def test_awaitables_run_to_completion_inside_a_scope(log: pytest.LogCaptureFixture) -> None:
+    ran: list[str] = []
+    entered: list[str] = []
+
+    @contextlib.contextmanager
+    def scope() -> t.Iterator[None]:
+        entered.append("scope")
+        yield
+
+    async def job(name: str) -> None:
+        ran.append(name)
+
+    def returns_coroutine() -> object:
+        return job("returned")
+
+    async def agen() -> t.AsyncIterator[int]:
+        yield 1
+
+    def returns_agen() -> object:
+        return agen()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        chain = current_chain()
+        assert chain is not None
+        chain.scope = scope
+        after(job("object"))
+        after(returns_coroutine)
+        after(job, "function")
+        after(returns_agen)
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(AfterMiddleware(app, runner=InlineRunner()))
+    assert ran == ["object", "returned", "function"]
+    assert entered == ["scope"] * 4
+    [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]).startswith(
+        "'tests.test_chain.test_awaitables_run_to_completion_inside_a_scope.<locals>"
+        ".returns_agen' returned an async generator"
+    )
+
+
+def test_a_failure_is_logged_while_events_are_observed(log: pytest.LogCaptureFixture) -> None:
+    got: list[events.CallbackEvent] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(int, "x")
+
+    events.subscribe(got.append)
+    try:
+        serve(AfterMiddleware(text_app(view), runner=InlineRunner()), "/observed")
+    finally:
+        events.unsubscribe(got.append)
+    [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert (
+        record.getMessage()
+        == "Callback 'builtins.int' queued by 'GET /observed' raised ValueError."
+    )
+    assert [e.kind for e in got] == ["queued", "started", "failed"]

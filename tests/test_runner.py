@@ -873,3 +873,15 @@ def test_a_failed_thread_start_is_retried_after_a_second_only(
     release.set()
     assert runner.wait_idle(TIMEOUT)
     assert runner.shutdown(TIMEOUT) is True
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit], ids=["KI", "exit"])
+def test_run_task_keeps_an_interrupt_unless_run_in_the_callers_thread(
+    error: type[BaseException], log: pytest.LogCaptureFixture
+) -> None:
+    def interrupted() -> None:
+        raise error
+
+    assert run_task(interrupted) is False  # a worker: logged, not raised
+    with pytest.raises(error):
+        run_task(interrupted, in_caller=True)
