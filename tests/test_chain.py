@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import gc
 import inspect
 import io
 import logging
@@ -1178,3 +1179,35 @@ def test_a_failure_is_logged_while_events_are_observed(log: pytest.LogCaptureFix
         == "Callback 'builtins.int' queued by 'GET /observed' raised ValueError."
     )
     assert [e.kind for e in got] == ["queued", "started", "failed"]
+
+
+def test_after_in_a_finished_callbacks_context_in_the_same_thread_is_refused() -> None:
+    kept: list[contextvars.Context] = []
+
+    def callback() -> None:
+        kept.append(contextvars.copy_context())
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(callback)
+
+    serve(AfterMiddleware(text_app(view), runner=InlineRunner()))  # ran in this thread
+    with pytest.raises(OutsideRequestError, match="after its response was closed"):
+        kept[0].run(after, print)
+
+
+class Forgets:
+    """A runner that takes a chain and never runs it (its own business, not a leak)."""
+
+    def submit(self, fn: t.Callable[[], object]) -> None:
+        pass
+
+
+def test_a_closed_chain_freed_unrun_is_not_called_never_closed(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    def view(environ: WSGIEnvironment) -> None:
+        after(print)
+
+    serve(AfterMiddleware(text_app(view), runner=Forgets()))
+    gc.collect()
+    assert [r for r in log.records if r.levelname == "ERROR"] == []
