@@ -885,3 +885,37 @@ def test_run_task_keeps_an_interrupt_unless_run_in_the_callers_thread(
     assert run_task(interrupted) is False  # a worker: logged, not raised
     with pytest.raises(error):
         run_task(interrupted, in_caller=True)
+
+
+def test_wait_idle_without_a_timeout_waits_until_idle() -> None:
+    runner, _, release = blocked_runner("block")
+
+    def release_once_waited_on() -> None:
+        wait_for(lambda: runner._idle_waiters, what="wait_idle() to wait")  # white box
+        release.set()
+
+    releaser = threading.Thread(target=release_once_waited_on)
+    releaser.start()
+    assert runner.wait_idle() is True
+    releaser.join(TIMEOUT)
+    runner.shutdown(TIMEOUT)
+
+
+def test_a_drain_finished_from_a_worker_does_not_wait_for_itself(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    # The process-wide shutdown (lifecycle) may run in a callback's thread: that
+    # worker is not joined (it cannot be), and it is reported as still running.
+    runner = ThreadRunner(max_workers=1, drain_timeout=5, name="self-drain")
+    results: list[bool] = []
+
+    def drains() -> None:
+        runner.begin_shutdown()
+        results.append(runner.finish_shutdown(time.monotonic() + TIMEOUT))
+
+    runner.submit(drains)
+    wait_for(lambda: results, what="the drain to finish")
+    assert results == [False]  # the worker running the drain was still running
+    errors = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert "were still running when 'self-drain' shut down" in errors[0]
