@@ -863,6 +863,10 @@ def test_a_failed_thread_start_is_retried_after_a_second_only(
     runner.submit(lambda: None)  # queued: no new thread needed yet
     runner.submit(lambda: None)  # a backlog: a second thread is tried, and fails
     assert attempts == ["flaky-1"]
+    errors = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert errors == [
+        "'flaky' could not start a worker thread (can't start new thread); it goes on with 1."
+    ]
     runner.submit(lambda: None)
     runner.start()
     assert attempts == ["flaky-1"]  # failed a moment ago: not tried on every submit
@@ -882,7 +886,11 @@ def test_run_task_keeps_an_interrupt_unless_run_in_the_callers_thread(
     def interrupted() -> None:
         raise error
 
-    assert run_task(interrupted) is False  # a worker: logged, not raised
+    try:
+        result = run_task(interrupted)  # a worker: logged, not raised
+    except BaseException as e:  # pytest would take it for the user's Ctrl-C
+        pytest.fail(f"run_task() raised {e!r} outside the caller's thread")
+    assert result is False
     with pytest.raises(error):
         run_task(interrupted, in_caller=True)
 
@@ -919,3 +927,48 @@ def test_a_drain_finished_from_a_worker_does_not_wait_for_itself(
     errors = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
     assert len(errors) == 1
     assert "were still running when 'self-drain' shut down" in errors[0]
+
+
+def test_the_defaults_are_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = ThreadRunner()
+    assert (runner.max_pending, runner.drain_timeout, runner.idle_timeout) == (1000, 25.0, 60.0)
+    assert (runner.on_full, runner.slow_callback, runner.name) == ("block", None, "wsgi-after")
+    for cpus, workers in ((2, 6), (None, 5), (64, 32)):
+        monkeypatch.setattr(os, "cpu_count", lambda cpus=cpus: cpus)
+        assert ThreadRunner().max_workers == workers  # like ThreadPoolExecutor
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"idle_timeout": -1}, "'idle_timeout' must be a number of seconds of at least 0"),
+        ({"idle_timeout": 0}, "'idle_timeout' must be more than 0 seconds, got 0."),
+        ({"slow_callback": -1}, "'slow_callback' must be a number of seconds of at least 0"),
+        ({"slow_callback": 0}, "'slow_callback' must be more than 0 seconds (None: off), got 0."),
+        ({"drain_timeout": "x"}, "'drain_timeout' must be a number of seconds or None, got 'x'."),
+    ],
+)
+def test_bad_timeouts_are_named(options: dict[str, t.Any], message: str) -> None:
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        ThreadRunner(**options)
+
+
+def test_one_second_timeouts_are_allowed() -> None:
+    runner = ThreadRunner(idle_timeout=1, slow_callback=1)
+    assert (runner.idle_timeout, runner.slow_callback) == (1.0, 1.0)
+
+
+def test_start_gives_up_when_no_thread_can_start(
+    monkeypatch: pytest.MonkeyPatch, log: pytest.LogCaptureFixture
+) -> None:
+    def failing_start(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", failing_start)
+    runner = ThreadRunner(max_workers=2, name="none")
+    runner.start()  # returns: it does not try for ever
+    errors = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert errors == [
+        "'none' could not start a worker thread (can't start new thread); its tasks run in the"
+        " submitting threads until one starts."
+    ]
