@@ -22,9 +22,10 @@ import time
 import typing as t
 import urllib.request
 
-from wsgi_after.demo import free_port, wait_for_port
-
 HERE = pathlib.Path(__file__).parent
+sys.path.insert(0, str(HERE.parent))  # the repository: one free_port for tests and benchmarks
+
+from tests.integration.servers import free_port, wait_for_port  # noqa: E402
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ import bench_memory
 import e2e
 import instructions
 
-from wsgi_after.demo import free_port, wait_for_port
+from tests.integration.servers import free_port, wait_for_port  # e2e put the repo on sys.path
 
 HERE = pathlib.Path(__file__).parent
 IO_VARIANTS = ["none", "after", "after-plain", "inline", "call_on_close", "executor", "naive"]

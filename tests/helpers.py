@@ -12,8 +12,10 @@ import time
 import typing as t
 import wsgiref.util
 
+from wsgi_after import after
+
 if t.TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIApplication
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 
 T = t.TypeVar("T")
@@ -92,3 +94,22 @@ def serve(
         if close and hasattr(iterable, "close"):
             iterable.close()
     return Response(started[0], started[1], body, iterable)
+
+
+# Callbacks and an app queuing them, for the tests of listeners (their names show in metrics).
+def ok() -> None:
+    pass
+
+
+def broken() -> None:
+    raise ValueError("broken")
+
+
+def queuing(*callbacks: t.Callable[[], None]) -> WSGIApplication:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        for callback in callbacks:
+            after(callback)
+        start_response("200 OK", [])
+        return [b""]
+
+    return app

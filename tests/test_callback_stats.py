@@ -8,8 +8,8 @@ import typing as t
 
 import pytest
 
-from tests.helpers import serve
-from wsgi_after import AfterMiddleware, InlineRunner, ThreadRunner, after, events
+from tests.helpers import broken, ok, queuing, serve
+from wsgi_after import AfterMiddleware, InlineRunner, ThreadRunner, events
 from wsgi_after.callback_stats import (
     OTHER,
     BoundedNames,
@@ -20,7 +20,7 @@ from wsgi_after.callback_stats import (
 )
 
 if t.TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    pass
 
 
 @pytest.fixture
@@ -30,29 +30,11 @@ def stats() -> collections.abc.Iterator[CallbackStats]:
     stats.uninstall()
 
 
-def ok() -> None:
-    pass
-
-
-def broken() -> None:
-    raise ValueError("broken")
-
-
-def queuing(*callbacks: t.Callable[[], None]) -> WSGIApplication:
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-        for callback in callbacks:
-            after(callback)
-        start_response("200 OK", [])
-        return [b""]
-
-    return app
-
-
 def test_counts_and_timings_by_name(stats: CallbackStats) -> None:
     serve(AfterMiddleware(queuing(ok, broken, ok), runner=InlineRunner()))
     snapshot = stats.snapshot()
-    good = snapshot.by_name["tests.test_callback_stats.ok"]
-    bad = snapshot.by_name["tests.test_callback_stats.broken"]
+    good = snapshot.by_name["tests.helpers.ok"]
+    bad = snapshot.by_name["tests.helpers.broken"]
     assert (good.completed, good.failed, bad.completed, bad.failed) == (2, 0, 0, 1)
     assert 0 <= good.max_run_time <= good.run_time
     assert snapshot.queue_delay.count == snapshot.run_time.count == 3
@@ -92,8 +74,8 @@ def test_drops_losses_and_slow_callbacks(stats: CallbackStats) -> None:
     by_name = stats.snapshot().by_name
     assert by_name[f"{__name__}.{blocker.__qualname__}"].slow == 1
     assert by_name[f"{__name__}.{blocker.__qualname__}"].completed == 1
-    assert by_name["tests.test_callback_stats.ok"].dropped == 1
-    assert by_name["tests.test_callback_stats.ok"].completed == 1
+    assert by_name["tests.helpers.ok"].dropped == 1
+    assert by_name["tests.helpers.ok"].completed == 1
 
 
 def test_lost_counts_shutdown_losses_and_responses_never_closed() -> None:
@@ -114,8 +96,8 @@ def test_names_past_the_cap_are_counted_as_other(stats: CallbackStats) -> None:
     serve(AfterMiddleware(queuing(ok, broken, one, two, two), runner=InlineRunner()))
     by_name = stats.snapshot().by_name
     assert set(by_name) == {
-        "tests.test_callback_stats.ok",
-        "tests.test_callback_stats.broken",
+        "tests.helpers.ok",
+        "tests.helpers.broken",
         f"{__name__}.{one.__qualname__}",
         OTHER,
     }

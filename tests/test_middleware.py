@@ -25,7 +25,7 @@ from wsgi_after import (
 )
 
 if t.TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 
 def test_default_runner_is_a_thread_runner_built_from_options() -> None:
@@ -227,10 +227,8 @@ def test_concurrent_close_schedules_once() -> None:
     assert len(inner_closes) == 50
 
 
-def test_nothing_a_callback_raises_reaches_close_on_a_thread_runner(
-    runner: ThreadRunner, log: pytest.LogCaptureFixture
-) -> None:
-    ran: list[str] = []
+def exiting_app(ran: list[str]) -> WSGIApplication:
+    """An app whose first callback raises SystemExit(3) and whose second records."""
 
     def fatal() -> None:
         raise SystemExit(3)
@@ -241,7 +239,14 @@ def test_nothing_a_callback_raises_reaches_close_on_a_thread_runner(
         start_response("200 OK", [])
         return [b""]
 
-    serve(AfterMiddleware(app, runner=runner))  # does not raise
+    return app
+
+
+def test_nothing_a_callback_raises_reaches_close_on_a_thread_runner(
+    runner: ThreadRunner, log: pytest.LogCaptureFixture
+) -> None:
+    ran: list[str] = []
+    serve(AfterMiddleware(exiting_app(ran), runner=runner))  # does not raise
     assert runner.wait_idle(TIMEOUT)
     assert ran == ["next"]
     assert [r.exc_info[0] for r in log.records if r.exc_info] == [SystemExit]
@@ -251,18 +256,8 @@ def test_an_interrupt_in_the_servers_thread_is_raised_after_the_chain(
     log: pytest.LogCaptureFixture,
 ) -> None:
     ran: list[str] = []
-
-    def fatal() -> None:
-        raise SystemExit(3)
-
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-        after(fatal)
-        after(ran.append, "next")
-        start_response("200 OK", [])
-        return [b""]
-
     with pytest.raises(SystemExit) as info:
-        serve(AfterMiddleware(app, runner=InlineRunner()))
+        serve(AfterMiddleware(exiting_app(ran), runner=InlineRunner()))
     assert info.value.code == 3
     assert ran == ["next"]  # the rest ran first
     assert [r.exc_info[0] for r in log.records if r.exc_info] == [SystemExit]

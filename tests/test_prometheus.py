@@ -9,13 +9,13 @@ import typing as t
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from tests.helpers import serve
-from wsgi_after import AfterMiddleware, InlineRunner, ThreadRunner, after
+from tests.helpers import broken, ok, queuing, serve
+from wsgi_after import AfterMiddleware, InlineRunner, ThreadRunner
 from wsgi_after import prometheus as after_prometheus
 from wsgi_after.gunicorn import child_exit
 
 if t.TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    pass
 
 
 @pytest.fixture
@@ -24,24 +24,6 @@ def registry() -> collections.abc.Iterator[CollectorRegistry]:
     after_prometheus.install(registry)
     yield registry
     after_prometheus.uninstall()
-
-
-def ok() -> None:
-    pass
-
-
-def broken() -> None:
-    raise ValueError("broken")
-
-
-def queuing(*callbacks: t.Callable[[], None]) -> WSGIApplication:
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-        for callback in callbacks:
-            after(callback)
-        start_response("200 OK", [])
-        return [b""]
-
-    return app
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -71,12 +53,12 @@ def test_outcomes_histograms_and_queue_depth(registry: CollectorRegistry) -> Non
         runner.shutdown(5)
     assert sample(registry, "wsgi_after_queue_depth") == 0
     total = "wsgi_after_callbacks_total"
-    assert sample(registry, total, outcome="completed", callback="tests.test_prometheus.ok") == 1
-    assert sample(registry, total, outcome="failed", callback="tests.test_prometheus.broken") == 1
-    assert sample(registry, total, outcome="dropped", callback="tests.test_prometheus.ok") == 1
-    assert sample(registry, total, outcome="dropped", callback="tests.test_prometheus.broken") == 1
+    assert sample(registry, total, outcome="completed", callback="tests.helpers.ok") == 1
+    assert sample(registry, total, outcome="failed", callback="tests.helpers.broken") == 1
+    assert sample(registry, total, outcome="dropped", callback="tests.helpers.ok") == 1
+    assert sample(registry, total, outcome="dropped", callback="tests.helpers.broken") == 1
     duration = "wsgi_after_callback_duration_seconds_count"
-    assert sample(registry, duration, callback="tests.test_prometheus.broken") == 1
+    assert sample(registry, duration, callback="tests.helpers.broken") == 1
     assert sample(registry, "wsgi_after_queue_delay_seconds_count") == 3
 
 
@@ -108,7 +90,7 @@ def test_callback_names_past_the_cap_are_other() -> None:
     try:
         serve(AfterMiddleware(queuing(ok, broken, broken), runner=InlineRunner()))
         total = "wsgi_after_callbacks_total"
-        ok_name = "tests.test_prometheus.ok"
+        ok_name = "tests.helpers.ok"
         assert sample(registry, total, outcome="completed", callback=ok_name) == 1
         assert sample(registry, total, outcome="failed", callback="other") == 2
     finally:
@@ -119,7 +101,7 @@ def test_install_again_moves_to_the_new_registry(registry: CollectorRegistry) ->
     other = CollectorRegistry()
     after_prometheus.install(other)
     serve(AfterMiddleware(queuing(ok), runner=InlineRunner()))
-    labels = {"outcome": "completed", "callback": "tests.test_prometheus.ok"}
+    labels = {"outcome": "completed", "callback": "tests.helpers.ok"}
     assert sample(other, "wsgi_after_callbacks_total", **labels) == 1
     assert sample(registry, "wsgi_after_callbacks_total", **labels) is None
 

@@ -12,6 +12,8 @@
     app = AfterMiddleware(app)
 """
 
+import sys
+
 from ._chain import Chain as Chain
 from ._chain import Outcome as Outcome
 from ._chain import OutsideRequestError as OutsideRequestError
@@ -47,3 +49,12 @@ __all__ = [
     "shutdown_runners",
     "start_runners",
 ]
+
+if "uwsgi" in sys.modules:  # under uWSGI: its fork, exit and threads hooks
+    from .uwsgi import install as _install_uwsgi_hooks
+
+    _install_uwsgi_hooks()
+if "mod_wsgi" in sys.modules:  # under mod_wsgi: drain at its shutdown event
+    from .mod_wsgi import install as _install_mod_wsgi_hooks
+
+    _install_mod_wsgi_hooks()

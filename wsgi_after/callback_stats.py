@@ -106,14 +106,7 @@ def percentiles(samples: t.Iterable[float]) -> Percentiles:
     return Percentiles(n, rank(0.5), rank(0.9), rank(0.99), ordered[-1])
 
 
-_OUTCOME = {
-    "finished": "completed",
-    "failed": "failed",
-    "dropped": "dropped",
-    "lost": "lost",
-    "never_closed": "lost",
-    "slow": "slow",
-}
+_OUTCOME = {**events.OUTCOMES, "slow": "slow"}
 
 
 class _Counts:

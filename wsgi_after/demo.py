@@ -25,14 +25,14 @@ import tempfile
 import time
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the tests and benchmarks use it too)."""
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     """Poll until ``port`` accepts connections; fail at once if ``process`` died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         db = pathlib.Path(tmp) / "audit.sqlite"
         with contextlib.closing(sqlite3.connect(db)) as connection, connection:
             connection.execute("create table audit (request_id, variant, written_at)")
-        port = free_port()
+        port = _free_port()
         env = {**os.environ, "WSGI_AFTER_DEMO_DB": str(db)}
         command = [
             sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "4", "-w", "1",
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         process = subprocess.Popen(command, env=env, start_new_session=True)
         try:
             try:
-                wait_for_port(port, process)
+                _wait_for_port(port, process)
             except (RuntimeError, TimeoutError) as e:
                 raise SystemExit(f"gunicorn did not start: {e}") from None
             latencies: dict[str, list[float]] = {"inline": [], "after": []}

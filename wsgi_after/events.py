@@ -61,6 +61,16 @@ class CallbackEvent(t.NamedTuple):
     error: BaseException | None = None
 
 
+#: The outcome a metric counts for each kind of event that ends a callback's life
+#: (a never-closed callback is lost; "slow" is counted apart by those who track it).
+OUTCOMES: dict[str, str] = {
+    "finished": "completed",
+    "failed": "failed",
+    "dropped": "dropped",
+    "lost": "lost",
+    "never_closed": "lost",
+}
+
 Listener = t.Callable[[CallbackEvent], object]
 
 #: The listeners, in subscription order. The core tests this list's truth before

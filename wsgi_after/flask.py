@@ -46,6 +46,7 @@ import weakref
 import flask
 import flask.ctx
 from flask import Flask, got_request_exception
+from werkzeug.datastructures import EnvironHeaders
 
 from . import current_chain
 from .middleware import AfterMiddleware
@@ -286,6 +287,14 @@ class _CallbackContext:
         # The server has moved on: never read its input stream now. A body parsed
         # during the request is cached on the request; one never read reads as empty.
         request.stream = io.BytesIO()
+        chain = current_chain()
+        snapshot = chain.environ if chain is not None else None
+        if snapshot is not None and request.environ is not snapshot:
+            # Servers may clear and reuse their environ dict once the response closed
+            # (uWSGI): from now on the request reads the chain's snapshot, headers too
+            # (werkzeug's cached headers are a live view of the environ they were made on).
+            request.environ = snapshot
+            request.headers = EnvironHeaders(snapshot)
         if _MERGED_CONTEXTS:
             self._push(_RoutedContext(app, request=request, session=session))
         else:

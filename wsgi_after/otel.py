@@ -80,14 +80,6 @@ _ACTIVE: contextvars.ContextVar[tuple[trace.Span, object] | None] = contextvars.
     "wsgi_after_otel_span", default=None
 )
 
-_OUTCOMES: dict[str, str] = {
-    "finished": "completed",
-    "failed": "failed",
-    "dropped": "dropped",
-    "lost": "lost",
-    "never_closed": "lost",
-}
-
 
 class _Instrumentation:
     """The listener :func:`instrument` subscribes, and the instruments it feeds."""
@@ -153,7 +145,7 @@ class _Instrumentation:
         if kind == "slow":
             self.hung.add(1, {"wsgi_after.callback": name})
             return
-        outcome = _OUTCOMES.get(kind)
+        outcome = events.OUTCOMES.get(kind)
         if outcome is None:
             return
         labels = {"wsgi_after.callback": name}

@@ -63,14 +63,6 @@ logger = logging.getLogger("wsgi_after")
 
 __all__ = ["install", "multiprocess_mode", "queue_depth", "uninstall"]
 
-_OUTCOMES: dict[str, str] = {
-    "finished": "completed",
-    "failed": "failed",
-    "dropped": "dropped",
-    "lost": "lost",
-    "never_closed": "lost",
-}
-
 
 def multiprocess_mode() -> bool:
     """Whether prometheus_client writes its values to ``PROMETHEUS_MULTIPROC_DIR``."""
@@ -188,7 +180,7 @@ class _Metrics:
         kind = event.kind
         if kind == "slow":
             self.hung.labels(self.names(event.name)).inc()
-        outcome = _OUTCOMES.get(kind)
+        outcome = events.OUTCOMES.get(kind)
         if outcome is not None:
             name = self.names(event.name)
             self.callbacks.labels(outcome, name).inc()

@@ -1,4 +1,8 @@
-"""A small HTTP client for the integration tests, and polling of the runs table."""
+"""The one HTTP client of the integration tests, and the reads of the runs table.
+
+Servers record each callback run as a row in SQLite (see ``apps/matrix_app.py``);
+the tests read those rows from outside the server.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import socket
 import sqlite3
 import time
 import typing as t
+
+from tests.integration.poll import poll
 
 
 class Reply(t.NamedTuple):
@@ -25,10 +31,15 @@ def fetch(
     request_id: str,
     method: str = "GET",
     headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 30,
 ) -> Reply:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    """Send one request on a new connection; read the whole response (or what came)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        connection.request(method, path, headers={"X-Request-Id": request_id, **(headers or {})})
+        connection.request(
+            method, path, body=body, headers={"X-Request-Id": request_id, **(headers or {})}
+        )
         response = connection.getresponse()
         complete = True
         try:
@@ -61,21 +72,38 @@ def disconnect_mid_stream(port: int, path: str, request_id: str) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
 
 
-def runs(db: pathlib.Path, request_id: str) -> list[tuple[t.Any, ...]]:
+def query(db: pathlib.Path, sql: str, *params: object) -> list[tuple[t.Any, ...]]:
+    """Run one read of a server's SQLite file, on a connection closed at once."""
     with contextlib.closing(sqlite3.connect(db, timeout=30)) as connection, connection:
-        return connection.execute(
-            "select name, status, completed, finished_at, pid from runs where request_id = ?",
-            (request_id,),
-        ).fetchall()
+        return connection.execute(sql, params).fetchall()
+
+
+def runs(db: pathlib.Path, request_id: str) -> list[tuple[t.Any, ...]]:
+    return query(
+        db,
+        "select name, status, completed, finished_at, pid from runs where request_id = ?",
+        request_id,
+    )
+
+
+def pids(db: pathlib.Path) -> set[int]:
+    """The processes that ran callbacks (a recycled worker is a new one)."""
+    return {pid for (pid,) in query(db, "select distinct pid from runs")}
 
 
 def wait_for_runs(
     db: pathlib.Path, request_id: str, count: int, timeout: float = 20.0
 ) -> list[tuple[t.Any, ...]]:
     """Poll until ``count`` runs of ``request_id`` are recorded, or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    found = runs(db, request_id)
-    while len(found) < count and time.monotonic() < deadline:
-        time.sleep(0.02)
-        found = runs(db, request_id)
-    return found
+    return poll(lambda: runs(db, request_id), lambda found: len(found) >= count, timeout)
+
+
+def count_runs(db: pathlib.Path, prefix: str) -> int:
+    """How many runs the requests whose id starts with ``prefix`` recorded."""
+    [(n,)] = query(db, "select count(*) from runs where request_id like ?", prefix + "%")
+    return int(n)
+
+
+def wait_for_count(db: pathlib.Path, prefix: str, count: int, timeout: float = 20.0) -> int:
+    """Poll until the ``prefix`` requests recorded ``count`` runs, or the deadline passes."""
+    return poll(lambda: count_runs(db, prefix), lambda n: n >= count, timeout)

@@ -7,61 +7,72 @@ each scenario sends real requests and reads the callbacks' runs from SQLite.
 from __future__ import annotations
 
 import collections.abc
-import contextlib
+import http.client
 import pathlib
-import sqlite3
+import signal
 import typing as t
 import uuid
 
 import pytest
 
-from tests.integration.client import disconnect_mid_stream, fetch, runs, wait_for_runs
-from tests.integration.servers import free_port, python, running
+from tests.integration import servers
+from tests.integration.client import disconnect_mid_stream, fetch, query, runs, wait_for_runs
 
 FILE_SIZE = 5 * 1024 * 1024
 
 
-def gunicorn(worker: str, *extra: str) -> t.Callable[[int], list[str]]:
-    def command(port: int) -> list[str]:
-        return python(
-            "-m", "gunicorn", "-k", worker, "-w", "1", *extra,
-            "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "matrix_app:app",
-        )  # fmt: skip
-
-    return command
-
-
-def waitress(port: int) -> list[str]:
-    return python(
-        "-c",
-        "from wsgi_after import exit_on_sigterm; exit_on_sigterm();"
-        "import waitress, matrix_app;"
-        f"waitress.serve(matrix_app.app, host='127.0.0.1', port={port}, threads=4, _quiet=True)",
-    )
+class Spec(t.NamedTuple):
+    #: The command serving matrix_app on a port (mod_wsgi also needs its build and a dir).
+    command: t.Callable[[int, pytest.FixtureRequest, pathlib.Path], list[str]]
+    stop_signal: int = signal.SIGTERM
+    #: The server offers ``wsgi.file_wrapper``: its object must come back (its sendfile path).
+    file_wrapper: bool = True
+    #: The status a client gets when the app raises (None: uWSGI closes the connection).
+    error_status: int | None = 500
 
 
-def werkzeug(port: int) -> list[str]:
-    return python(
-        "-c",
-        "from werkzeug.serving import run_simple; import matrix_app;"
-        f"run_simple('127.0.0.1', {port}, matrix_app.app, threaded=True)",
-    )
+def simple(build: t.Callable[[int], list[str]], **kwargs: t.Any) -> Spec:
+    return Spec(lambda port, request, tmp: build(port), **kwargs)
 
 
-SERVERS: dict[str, t.Callable[[int], list[str]]] = {
-    "gunicorn-sync": gunicorn("sync"),
-    "gunicorn-gthread": gunicorn("gthread", "--threads", "4"),
-    "gunicorn-gevent": gunicorn("gevent"),
-    "waitress": waitress,
-    "werkzeug": werkzeug,
-}
+def mod_wsgi(port: int, request: pytest.FixtureRequest, tmp: pathlib.Path) -> list[str]:
+    express = request.getfixturevalue("express")
+    return t.cast(list[str], express.command(port, tmp / "apache", "--threads", "4"))
 
-#: The object each server hands the app as ``wsgi.file_wrapper``, which must come back.
-SERVER_FILE_WRAPPERS = {
-    "gunicorn-sync": "gunicorn.http.wsgi.FileWrapper",
-    "gunicorn-gthread": "gunicorn.http.wsgi.FileWrapper",
-    "gunicorn-gevent": "gunicorn.http.wsgi.FileWrapper",
-    "waitress": "waitress.buffers.ReadOnlyFileBasedBuffer",
+
+SERVERS: dict[str, Spec] = {
+    "gunicorn-sync": simple(servers.gunicorn),
+    "gunicorn-gthread": simple(
+        lambda port: servers.gunicorn(port, "--threads", "4", worker="gthread"),
+    ),
+    "gunicorn-gevent": simple(lambda port: servers.gunicorn(port, worker="gevent")),
+    "waitress": simple(servers.waitress),
+    "werkzeug": simple(servers.werkzeug, file_wrapper=False),
+    "uwsgi-threads": simple(
+        lambda port: servers.uwsgi(port, "--master", "--threads", "4", "--offload-threads", "1"),
+        stop_signal=signal.SIGINT,
+        error_status=None,
+    ),
+    "uwsgi-processes": simple(
+        lambda port: servers.uwsgi(
+            port,
+            "--master",
+            "--processes",
+            "2",
+            "--max-requests",
+            "5",
+            "--min-worker-lifetime",
+            "0",
+        ),
+        stop_signal=signal.SIGINT,
+        error_status=None,
+    ),
+    "uwsgi-lazy-apps": simple(
+        lambda port: servers.uwsgi(port, "--master", "--processes", "2", "--lazy-apps"),
+        stop_signal=signal.SIGINT,
+        error_status=None,
+    ),
+    "mod_wsgi": Spec(mod_wsgi),
 }
 
 
@@ -71,25 +82,34 @@ class Server(t.NamedTuple):
     db: pathlib.Path
 
 
-@pytest.fixture(scope="module", params=list(SERVERS))
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> collections.abc.Iterator[Server]:
+@pytest.fixture(
+    scope="module",
+    params=[  # building mod_wsgi (~20 s alone) may take minutes on a busy machine
+        pytest.param(name, marks=[pytest.mark.timeout(300)] if name == "mod_wsgi" else [])
+        for name in SERVERS
+    ],
+)
+def server(request: pytest.FixtureRequest) -> collections.abc.Iterator[Server]:
     name = request.param
-    tmp = tmp_path_factory.mktemp(name)
-    db = tmp / "runs.sqlite"
-    big = tmp / "big.bin"
-    big.write_bytes(b"\x00" * FILE_SIZE)
-    port = free_port()
-    env = {"MATRIX_DB": str(db), "MATRIX_FILE": str(big)}
-    with running(SERVERS[name](port), port, env=env, log=tmp / "server.log"):
-        yield Server(name, port, db)
-    # Stopped (and drained where the server exits gracefully): no callback ran twice.
-    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
-        twice = connection.execute(
+    spec = SERVERS[name]
+    with servers.shared_dir(name) as tmp:
+        db = tmp / "runs.sqlite"
+        big = tmp / "big.bin"
+        big.write_bytes(b"\x00" * FILE_SIZE)
+        big.chmod(0o644)
+        port = servers.free_port()
+        env = {"MATRIX_DB": str(db), "MATRIX_FILE": str(big)}
+        command = spec.command(port, request, tmp)
+        with servers.running(
+            command, port, env=env, log=tmp / "server.log", stop_signal=spec.stop_signal
+        ):
+            yield Server(name, port, db)
+        # Stopped (and drained where the server exits gracefully): no callback ran twice.
+        twice = query(
+            db,
             "select request_id, name, count(*) from runs group by request_id, name"
-            " having count(*) > 1"
-        ).fetchall()
+            " having count(*) > 1",
+        )
     assert twice == [], f"{name}: callbacks ran more than once: {twice}"
 
 
@@ -99,10 +119,13 @@ def new_id(server: Server, scenario: str) -> str:
 
 def test_normal(server: Server) -> None:
     rid = new_id(server, "normal")
-    reply = fetch(server.port, "/normal?sleep=0.5", rid)
-    # The client has the whole response while the callback is still sleeping.
+    release = pathlib.Path(f"{server.db}.release")
+    release.unlink(missing_ok=True)
+    reply = fetch(server.port, "/normal?hold=1", rid)
+    # The client has the whole response while the callback is still held.
     assert (reply.status, reply.body, reply.complete) == (200, b"normal body", True)
     assert runs(server.db, rid) == []
+    release.touch()
     [(name, status, completed, finished_at, _)] = wait_for_runs(server.db, rid, 1)
     assert (name, status, completed) == ("normal", 200, 1)
     assert finished_at >= reply.finished_at
@@ -110,7 +133,12 @@ def test_normal(server: Server) -> None:
 
 def test_app_raises_before_returning(server: Server) -> None:
     rid = new_id(server, "raises")
-    assert fetch(server.port, "/raises", rid).status == 500
+    expected = SERVERS[server.name].error_status
+    if expected is None:
+        with pytest.raises(http.client.RemoteDisconnected):
+            fetch(server.port, "/raises", rid)
+    else:
+        assert fetch(server.port, "/raises", rid).status == expected
     [(name, status, completed, _, _)] = wait_for_runs(server.db, rid, 1)
     assert (name, status, completed) == ("raises", None, 0)
 
@@ -138,32 +166,31 @@ def test_send_file(server: Server) -> None:
     assert len(reply.body) == FILE_SIZE
     [(name, status, completed, _, _)] = wait_for_runs(server.db, rid, 1)
     assert (name, status, completed) == ("file", 200, 1)
-    if server.name in SERVER_FILE_WRAPPERS:
+    if SERVERS[server.name].file_wrapper:
         # The server's own file path: a Content-Length response, not chunked, and the
-        # server got back its own wrapper object.
+        # server got back the very object its wsgi.file_wrapper made.
         assert reply.headers["content-length"] == str(FILE_SIZE)
         assert "transfer-encoding" not in reply.headers
-        with contextlib.closing(sqlite3.connect(server.db)) as connection, connection:
-            [(kind,)] = connection.execute(
-                "select type from iterables where request_id = ?", (rid,)
-            ).fetchall()
-        assert kind == SERVER_FILE_WRAPPERS[server.name]
+        [(kind, own)] = query(
+            server.db, "select type, own from iterables where request_id = ?", rid
+        )
+        assert own == 1, kind
 
 
 def test_head(server: Server) -> None:
     rid = new_id(server, "head")
     reply = fetch(server.port, "/normal", rid, method="HEAD")
     assert (reply.status, reply.body) == (200, b"")
-    [(name, status, _, _, _)] = wait_for_runs(server.db, rid, 1)
-    assert (name, status) == ("normal", 200)
+    [(name, status, completed, _, _)] = wait_for_runs(server.db, rid, 1)
+    assert (name, status, completed) == ("normal", 200, 1)
 
 
 def test_not_modified(server: Server) -> None:
     rid = new_id(server, "etag")
     reply = fetch(server.port, "/etag", rid, headers={"If-None-Match": '"v1"'})
     assert (reply.status, reply.body) == (304, b"")
-    [(name, status, _, _, _)] = wait_for_runs(server.db, rid, 1)
-    assert (name, status) == ("etag", 304)
+    [(name, status, completed, _, _)] = wait_for_runs(server.db, rid, 1)
+    assert (name, status, completed) == ("etag", 304, 1)
 
 
 def test_after_called_in_a_streaming_body(server: Server) -> None:

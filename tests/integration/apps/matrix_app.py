@@ -2,8 +2,11 @@
 
 Each request carries an ``X-Request-Id``; each callback inserts one row
 ``(request_id, name, status, completed, finished_at, pid)``, so the test process
-counts runs from outside the server. The outermost layer records the type of the
-iterable the server got, to check file responses reach the server unwrapped.
+counts runs from outside the server. With ``?hold=1`` the request's first callback
+waits until the test creates the file ``<MATRIX_DB>.release`` (at most 60 s), so a
+test knows for sure that callbacks are still pending while it looks or signals. The
+outermost layer records whether a file response reached the server as the server's
+own ``wsgi.file_wrapper`` object (its sendfile path).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ with contextlib.closing(sqlite3.connect(DB)) as _db, _db:
     _db.execute(
         "create table if not exists runs (request_id, name, status, completed, finished_at, pid)"
     )
-    _db.execute("create table if not exists iterables (request_id, type)")
+    _db.execute("create table if not exists iterables (request_id, type, own)")
 
 app = Flask(__name__)
 app.config["PROPAGATE_EXCEPTIONS"] = True  # let /raises reach the WSGI layer, as it would bare
@@ -43,7 +46,19 @@ if os.environ.get("USE_RUNNER_AT_IMPORT"):
     assert runner.wait_idle(10)
 
 
-def record(name: str, request_id: str, sleep: float = 0.0) -> None:
+RELEASE = DB + ".release"
+
+
+def hold() -> None:
+    """Wait until the test releases the callbacks (polled: the test is another process)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(RELEASE) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def record(name: str, request_id: str, sleep: float = 0.0, held: bool = False) -> None:
+    if held:
+        hold()
     if sleep:
         time.sleep(sleep)
     result = outcome()
@@ -55,13 +70,13 @@ def record(name: str, request_id: str, sleep: float = 0.0) -> None:
         )
 
 
-def queue(name: str, sleep: float = 0.0) -> None:
-    after(record, name, request.headers["X-Request-Id"], sleep)
+def queue(name: str, sleep: float = 0.0, held: bool = False) -> None:
+    after(record, name, request.headers["X-Request-Id"], sleep, held)
 
 
 @app.route("/normal", methods=["GET", "HEAD"])
 def normal() -> str:
-    queue("normal", float(request.args.get("sleep", "0")))
+    queue("normal", float(request.args.get("sleep", "0")), "hold" in request.args)
     return "normal body"
 
 
@@ -127,8 +142,9 @@ def empty() -> str:
 
 @app.get("/burst")
 def burst() -> str:
+    held = "hold" in request.args
     for i in range(int(request.args["n"])):
-        queue(f"burst-{i}", float(request.args.get("sleep", "0.001")))
+        queue(f"burst-{i}", float(request.args.get("sleep", "0.001")), held and i == 0)
     return "queued"
 
 
@@ -136,12 +152,26 @@ flask_wsgi_app = app.wsgi_app
 
 
 def spy(environ: t.Any, start_response: t.Any) -> t.Any:
-    """Outermost layer: record what kind of iterable the server gets."""
+    """Outermost layer: record whether the server got back its own file wrapper object."""
+    made: list[object] = []
+    server_file_wrapper = environ.get("wsgi.file_wrapper")
+    if server_file_wrapper is not None:
+
+        def file_wrapper(*args: t.Any) -> object:
+            made.append(server_file_wrapper(*args))
+            return made[-1]
+
+        environ["wsgi.file_wrapper"] = file_wrapper
     result = flask_wsgi_app(environ, start_response)
+    if server_file_wrapper is not None:
+        environ["wsgi.file_wrapper"] = server_file_wrapper  # gunicorn isinstance()s with it
     if environ.get("PATH_INFO") == "/file":
         kind = f"{type(result).__module__}.{type(result).__qualname__}"
+        own = any(result is wrapper for wrapper in made)
         with contextlib.closing(sqlite3.connect(DB, timeout=30)) as db, db:
-            db.execute("insert into iterables values (?, ?)", (environ["HTTP_X_REQUEST_ID"], kind))
+            db.execute(
+                "insert into iterables values (?, ?, ?)", (environ["HTTP_X_REQUEST_ID"], kind, own)
+            )
     return result
 
 
