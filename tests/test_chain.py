@@ -1002,12 +1002,18 @@ def test_a_request_that_queued_nothing_never_takes_the_hand_over_lock(
         def __init__(self) -> None:
             self.lock = threading.Lock()
 
-        def __enter__(self) -> None:
+        def acquire(self) -> bool:
             taken.append("taken")
-            self.lock.acquire()
+            return self.lock.acquire()
+
+        def release(self) -> None:
+            self.lock.release()
+
+        def __enter__(self) -> None:
+            self.acquire()
 
         def __exit__(self, *exc_info: object) -> None:
-            self.lock.release()
+            self.release()
 
     monkeypatch.setattr(wsgi_after._chain, "_handover", CountingLock())
     app = AfterMiddleware(text_app(lambda environ: None), runner=InlineRunner())
