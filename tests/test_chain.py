@@ -1217,3 +1217,28 @@ def test_a_closed_chain_freed_unrun_is_not_called_never_closed(
     serve(AfterMiddleware(text_app(view), runner=Forgets()))
     gc.collect()
     assert [r for r in log.records if r.levelname == "ERROR"] == []
+
+
+class RunsThenFails(concurrent.futures.Executor):
+    """An executor whose thread runs the chain before submit() returns, then fails."""
+
+    def submit(
+        self, fn: t.Any, /, *args: t.Any, **kwargs: t.Any
+    ) -> concurrent.futures.Future[t.Any]:
+        fn()
+        future: concurrent.futures.Future[t.Any] = concurrent.futures.Future()
+        future.set_exception(OSError("executor broke"))
+        return future
+
+
+def test_an_executors_error_names_callbacks_that_already_ran(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    def view(environ: WSGIEnvironment) -> None:
+        after(print, end="")
+
+    serve(AfterMiddleware(text_app(view), runner=RunsThenFails()), "/early")
+    [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert record.getMessage() == (
+        "Callbacks ['builtins.print'] queued by 'GET /early': the executor reported an error."
+    )
