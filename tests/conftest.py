@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import collections.abc
 import logging
+import os
+import typing as t
 
 import pytest
 
+import wsgi_after.runner
 from wsgi_after import ThreadRunner
 from wsgi_after._chain import CURRENT
 
@@ -36,3 +39,27 @@ def runner() -> collections.abc.Iterator[ThreadRunner]:
 def log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG, logger="wsgi_after")
     return caplog
+
+
+@pytest.fixture(autouse=True)
+def no_forked_child_exit_in_the_test_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> collections.abc.Iterator[None]:
+    """A worker leaves through ``os._exit`` only in a forked child, never here.
+
+    Were a worker of this process to take the forked child's exit, the test run
+    would end at once with status 0, and look like a pass: fail the test instead.
+    """
+    pid = os.getpid()
+    leave = wsgi_after.runner._leave_forked_child
+    wrong: list[BaseException | None] = []
+
+    def leave_only_in_a_child(error: BaseException | None) -> t.NoReturn:
+        if os.getpid() == pid:
+            wrong.append(error)
+            raise AssertionError("a worker of the test process took a forked child's exit")
+        leave(error)
+
+    monkeypatch.setattr(wsgi_after.runner, "_leave_forked_child", leave_only_in_a_child)
+    yield
+    assert not wrong, "a worker of the test process took a forked child's exit"

@@ -6,11 +6,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import gc
 import inspect
+import io
 import logging
 import sys
 import threading
 import typing as t
+import wsgiref.util
 
 import pytest
 
@@ -23,6 +26,7 @@ from wsgi_after import (
     ThreadRunner,
     after,
     current_chain,
+    events,
     outcome,
 )
 from wsgi_after._chain import CURRENT
@@ -81,8 +85,12 @@ def test_coroutine_object_with_arguments_is_refused() -> None:
         finally:
             coro.close()
 
-    with pytest.raises(TypeError, match="got arguments for a coroutine object"):
+    with pytest.raises(TypeError) as info:
         serve(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    assert str(info.value) == (
+        "'after()' got arguments for a coroutine object. Pass the coroutine"
+        " function and its arguments instead: 'after(func, *args)'."
+    )
 
 
 def test_callbacks_run_in_order_in_one_task(runner: ThreadRunner) -> None:
@@ -776,6 +784,271 @@ def test_an_interrupt_a_future_reports_is_not_logged_again(
     assert [r for r in log.records if r.levelname == "ERROR"] == []
 
 
+def test_a_scope_is_entered_around_each_callback_while_events_are_observed(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    # With a listener the callbacks run through the observed path: the scope must
+    # still be entered, and after() from its teardown still be ignored.
+    entered: list[str] = []
+    got: list[events.CallbackEvent] = []
+
+    @contextlib.contextmanager
+    def scope() -> t.Iterator[None]:
+        entered.append("enter")
+        request_id.set("in-scope")
+        yield
+        entered.append("exit")
+        after(print)  # from teardown: ignored
+
+    def callback(a: int, b: int, *, c: int) -> None:
+        entered.append(f"{request_id.get()} {a} {b} {c}")
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        chain = current_chain()
+        assert chain is not None
+        chain.scope = scope
+        after(callback, 1, 2, c=3)
+        after(callback, 4, 5, c=6)
+        start_response("200 OK", [])
+        return [b""]
+
+    events.subscribe(got.append)
+    try:
+        serve(AfterMiddleware(app, runner=InlineRunner()), "/scoped")
+    finally:
+        events.unsubscribe(got.append)
+    assert entered == ["enter", "in-scope 1 2 3", "exit", "enter", "in-scope 4 5 6", "exit"]
+    kinds = ["queued", "queued", "started", "finished", "started", "finished"]
+    assert [e.kind for e in got] == kinds
+    assert [r.levelname for r in log.records] == ["DEBUG"]  # the ignored after(), once
+
+
+def test_a_failed_callbacks_run_time_is_measured(log: pytest.LogCaptureFixture) -> None:
+    got: list[events.CallbackEvent] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(int, "x")
+
+    events.subscribe(got.append)
+    try:
+        serve(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    finally:
+        events.unsubscribe(got.append)
+    [failed] = [e for e in got if e.kind == "failed"]
+    assert failed.run_time is not None
+    assert 0 <= failed.run_time < TIMEOUT
+    assert type(failed.error) is ValueError
+
+
+class Returns:
+    """A runner that calls each chain at once and keeps what it returned or raised."""
+
+    def __init__(self) -> None:
+        self.results: list[object] = []
+
+    def submit(self, fn: t.Callable[[], object]) -> None:
+        try:
+            self.results.append(fn())
+        except BaseException as e:  # the test looks at it
+            self.results.append(e)
+
+
+def test_calling_a_chain_tells_whether_every_callback_succeeded(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    runner = Returns()
+
+    def good(environ: WSGIEnvironment) -> None:
+        after(print, end="")
+
+    def bad(environ: WSGIEnvironment) -> None:
+        after(int, "x")
+        after(print, end="")
+
+    serve(AfterMiddleware(text_app(good), runner=runner))
+    serve(AfterMiddleware(text_app(bad), runner=runner))
+    assert runner.results == [True, False]  # an ordinary error is logged, not raised
+
+
+def test_an_interrupt_is_passed_on_even_when_later_callbacks_fail(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    runner = Returns()
+    ran: list[str] = []
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(interrupt)
+        after(int, "x")
+        after(ran.append, "last")
+
+    serve(AfterMiddleware(text_app(view), runner=runner))
+    assert ran == ["last"]
+    [raised] = runner.results
+    assert type(raised) is KeyboardInterrupt
+
+
+def test_keyword_arguments_reach_the_callback() -> None:
+    got: list[object] = []
+
+    def callback(*args: object, **kwargs: object) -> None:
+        got.append((args, kwargs))
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(callback, 1, key="value")
+
+    serve(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    assert got == [((1,), {"key": "value"})]
+
+
+def test_a_callback_returning_an_async_generator_is_logged(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    async def agen() -> t.AsyncIterator[int]:
+        yield 1
+
+    def returns_agen() -> object:
+        return agen()
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(returns_agen)
+
+    serve(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == (
+        "'tests.test_chain.test_a_callback_returning_an_async_generator_is_logged.<locals>"
+        ".returns_agen' returned an async generator, which cannot be run to completion."
+        " Queue a coroutine function instead."
+    )
+
+
+class Refuses:
+    """A runner whose ``submit`` raises (a full or closed executor)."""
+
+    def submit(self, fn: t.Callable[[], object]) -> None:
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def __repr__(self) -> str:
+        return "<Refuses>"
+
+
+def test_a_runner_that_refuses_a_chain_is_logged_and_close_goes_on(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    coros: list[t.Coroutine[t.Any, t.Any, None]] = []
+
+    async def job() -> None:
+        pass
+
+    def view(environ: WSGIEnvironment) -> None:
+        coros.append(job())
+        after(coros[0])
+        after(print)
+
+    response = serve(AfterMiddleware(text_app(view), runner=Refuses()), "/refused")
+    assert response.body == b"ok"  # close() did not raise into the server
+    [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert record.exc_info is not None
+    assert type(record.exc_info[1]) is RuntimeError  # the runner's error, with its traceback
+    assert record.getMessage().startswith("Callbacks [")
+    assert record.getMessage().endswith(
+        "'builtins.print'] queued by 'GET /refused' were not run: <Refuses> refused them."
+    )
+    assert inspect.getcoroutinestate(coros[0]) == "CORO_CLOSED"
+
+
+class Deferred:
+    """A runner that keeps each chain, to be run later by the test."""
+
+    def __init__(self) -> None:
+        self.tasks: list[t.Callable[[], object]] = []
+
+    def submit(self, fn: t.Callable[[], object]) -> None:
+        self.tasks.append(fn)
+
+
+def test_callbacks_see_their_request_after_the_server_reused_its_environ() -> None:
+    runner = Deferred()
+    seen: list[tuple[str, str]] = []
+
+    def callback() -> None:
+        chain = current_chain()
+        assert chain is not None
+        seen.append(chain.method_and_path())
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(callback)
+
+    environ = make_environ("/first", "POST")
+    serve(AfterMiddleware(text_app(view), runner=runner), environ=environ)
+    environ.clear()  # uWSGI clears and reuses its environ once close() returned
+    environ.update(make_environ("/second"))
+    [task] = runner.tasks
+    assert task() is True
+    assert seen == [("POST", "/first")]
+
+
+def test_a_request_that_queued_nothing_never_takes_the_hand_over_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import wsgi_after._chain
+
+    taken: list[str] = []
+
+    class CountingLock:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+
+        def acquire(self) -> bool:
+            taken.append("taken")
+            return self.lock.acquire()
+
+        def release(self) -> None:
+            self.lock.release()
+
+        def __enter__(self) -> None:
+            self.acquire()
+
+        def __exit__(self, *exc_info: object) -> None:
+            self.release()
+
+    monkeypatch.setattr(wsgi_after._chain, "_handover", CountingLock())
+    app = AfterMiddleware(text_app(lambda environ: None), runner=InlineRunner())
+    serve(app)
+    assert taken == []
+    serve(AfterMiddleware(text_app(lambda environ: after(print, end="")), runner=InlineRunner()))
+    assert taken == ["taken", "taken"]  # after(), then close() waits for any after()
+
+
+def test_a_closed_request_keeps_none_of_its_objects() -> None:
+    # Once closed (no callbacks) or run (callbacks), the chain drops the request's
+    # environ, scope, error and file: the public fields say so.
+    runner = Returns()
+    chains: list[t.Any] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        chains.append(environ["wsgi_after.chain"])
+        if environ["PATH_INFO"] == "/queues":
+            after(print, end="")
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"x"))
+
+    middleware = AfterMiddleware(app, runner=runner)
+    for path in ("/nothing", "/queues"):
+        environ = make_environ(path, extra={"wsgi.file_wrapper": wsgiref.util.FileWrapper})
+        response = call(middleware, environ)
+        assert b"".join(response) == b"x"
+        response.close()
+    assert runner.results == [True]
+    for chain in chains:
+        assert (chain.environ, chain.scope, chain.error, chain.file_response) == (None,) * 4
+        assert chain.describe() == "a finished request"
+        assert chain.outcome() == Outcome(200, True, None)
+
+
 def test_a_failures_log_line_carries_the_requests_context(
     runner: ThreadRunner, log: pytest.LogCaptureFixture
 ) -> None:
@@ -801,3 +1074,171 @@ def test_a_failures_log_line_carries_the_requests_context(
         logging.getLogger("wsgi_after").removeFilter(request_id_filter)
     [record] = [r for r in log.records if r.levelname == "ERROR"]
     assert record.request_id == "req-42"  # type: ignore[attr-defined]
+
+
+class Checks:
+    """A runner that checks each callback in after(), as CeleryRunner does."""
+
+    def __init__(self) -> None:
+        self.checked: list[tuple[object, tuple[object, ...], dict[str, object]]] = []
+
+    def submit(self, fn: t.Callable[[], object]) -> None:
+        fn()
+
+    def check_callback(
+        self, func: object, args: tuple[object, ...], kwargs: dict[str, t.Any]
+    ) -> None:
+        self.checked.append((func, args, kwargs))
+        if args == ("bad",):
+            raise TypeError("cannot take 'bad'")
+
+
+def test_a_runners_check_sees_each_callback_and_can_refuse_it() -> None:
+    runner = Checks()
+    ran: list[object] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(ran.append, "good")
+        with pytest.raises(TypeError, match="cannot take 'bad'"):
+            after(ran.append, "bad")
+
+    serve(AfterMiddleware(text_app(view), runner=runner))
+    assert runner.checked == [(ran.append, ("good",), {}), (ran.append, ("bad",), {})]
+    assert ran == ["good"]
+
+
+def test_after_returns_the_function_and_none_for_a_coroutine() -> None:
+    returned: list[object] = []
+
+    async def job() -> None:
+        pass
+
+    def refused_inside() -> None:  # past max_callbacks: refused, logged, still returns
+        returned.append(after(print))
+        returned.append(after(job()))
+
+    def view(environ: WSGIEnvironment) -> None:
+        returned.append(after(refused_inside))
+        returned.append(after(job()))
+
+    serve(AfterMiddleware(text_app(view), runner=InlineRunner(), max_callbacks=2))
+    assert returned == [refused_inside, None, print, None]
+
+
+def test_awaitables_run_to_completion_inside_a_scope(log: pytest.LogCaptureFixture) -> None:
+    ran: list[str] = []
+    entered: list[str] = []
+
+    @contextlib.contextmanager
+    def scope() -> t.Iterator[None]:
+        entered.append("scope")
+        yield
+
+    async def job(name: str) -> None:
+        ran.append(name)
+
+    def returns_coroutine() -> object:
+        return job("returned")
+
+    async def agen() -> t.AsyncIterator[int]:
+        yield 1
+
+    def returns_agen() -> object:
+        return agen()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        chain = current_chain()
+        assert chain is not None
+        chain.scope = scope
+        after(job("object"))
+        after(returns_coroutine)
+        after(job, "function")
+        after(returns_agen)
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(AfterMiddleware(app, runner=InlineRunner()))
+    assert ran == ["object", "returned", "function"]
+    assert entered == ["scope"] * 4
+    [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]).startswith(
+        "'tests.test_chain.test_awaitables_run_to_completion_inside_a_scope.<locals>"
+        ".returns_agen' returned an async generator"
+    )
+
+
+def test_a_failure_is_logged_while_events_are_observed(log: pytest.LogCaptureFixture) -> None:
+    got: list[events.CallbackEvent] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(int, "x")
+
+    events.subscribe(got.append)
+    try:
+        serve(AfterMiddleware(text_app(view), runner=InlineRunner()), "/observed")
+    finally:
+        events.unsubscribe(got.append)
+    [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert (
+        record.getMessage()
+        == "Callback 'builtins.int' queued by 'GET /observed' raised ValueError."
+    )
+    assert [e.kind for e in got] == ["queued", "started", "failed"]
+
+
+def test_after_in_a_finished_callbacks_context_in_the_same_thread_is_refused() -> None:
+    kept: list[contextvars.Context] = []
+
+    def callback() -> None:
+        kept.append(contextvars.copy_context())
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(callback)
+
+    serve(AfterMiddleware(text_app(view), runner=InlineRunner()))  # ran in this thread
+    with pytest.raises(OutsideRequestError, match="after its response was closed"):
+        kept[0].run(after, print)
+
+
+class Forgets:
+    """A runner that takes a chain and never runs it (its own business, not a leak)."""
+
+    def submit(self, fn: t.Callable[[], object]) -> None:
+        pass
+
+
+def test_a_closed_chain_freed_unrun_is_not_called_never_closed(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    def view(environ: WSGIEnvironment) -> None:
+        after(print)
+
+    serve(AfterMiddleware(text_app(view), runner=Forgets()))
+    gc.collect()
+    assert [r for r in log.records if r.levelname == "ERROR"] == []
+
+
+class RunsThenFails(concurrent.futures.Executor):
+    """An executor whose thread runs the chain before submit() returns, then fails."""
+
+    def submit(
+        self, fn: t.Any, /, *args: t.Any, **kwargs: t.Any
+    ) -> concurrent.futures.Future[t.Any]:
+        fn()
+        future: concurrent.futures.Future[t.Any] = concurrent.futures.Future()
+        future.set_exception(OSError("executor broke"))
+        return future
+
+
+def test_an_executors_error_names_callbacks_that_already_ran(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    def view(environ: WSGIEnvironment) -> None:
+        after(print, end="")
+
+    serve(AfterMiddleware(text_app(view), runner=RunsThenFails()), "/early")
+    [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert record.getMessage() == (
+        "Callbacks ['builtins.print'] queued by 'GET /early': the executor reported an error."
+    )

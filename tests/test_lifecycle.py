@@ -221,3 +221,48 @@ def test_a_second_sigterm_does_not_cut_the_drain_short() -> None:
     assert "slow callback finished" in out, "".join(seen) + out + err
     assert process.returncode == 128 + signal.SIGTERM
     assert "Traceback" not in err
+
+
+FORKED_CHILD_EXITS = """
+import os, sys
+from wsgi_after import ThreadRunner
+
+runner = ThreadRunner(max_workers=1, drain_timeout=10)
+statuses = {}
+
+def forks(how):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child leaves through the worker, as the callback ends
+        print(f"child {how} wrote this")  # buffered: flushed before the child ends
+        if how == "exit3":
+            sys.exit(3)
+        if how == "exitmsg":
+            sys.exit(f"child {how} message")
+        if how == "exitnone":
+            sys.exit()
+        if how == "error":
+            raise ValueError("child error")
+        return
+    statuses[how] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+for how in ("return", "exit3", "exitmsg", "exitnone", "error"):
+    runner.submit(lambda how=how: forks(how))
+runner.wait_idle(30)
+print(sorted(statuses.items()))
+"""
+
+
+def test_a_forked_child_ends_with_its_callbacks_exit_code() -> None:
+    done = run_program(FORKED_CHILD_EXITS)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == str(
+        [("error", 1), ("exit3", 3), ("exitmsg", 1), ("exitnone", 0), ("return", 0)]
+    )
+    assert sorted(lines[:-1]) == [
+        f"child {how} wrote this" for how in ("error", "exit3", "exitmsg", "exitnone", "return")
+    ]
+    assert "child exitmsg message" in done.stderr.splitlines()
+    assert "child error" not in done.stderr  # the parent's logging is not the child's

@@ -14,7 +14,15 @@ import wsgiref.validate
 import pytest
 
 from tests.helpers import TIMEOUT, call, make_environ, serve
-from wsgi_after import AfterMiddleware, InlineRunner, Outcome, ThreadRunner, after, outcome
+from wsgi_after import (
+    AfterMiddleware,
+    InlineRunner,
+    Outcome,
+    ThreadRunner,
+    after,
+    current_chain,
+    outcome,
+)
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -564,3 +572,82 @@ def test_file_wrapper_keywords_pass_through() -> None:
     response = call(AfterMiddleware(app, runner=InlineRunner()), environ)
     assert b"".join(response) == b"hello"
     response.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5, "3"])
+def test_max_callbacks_must_be_a_positive_int(bad: t.Any) -> None:
+    with pytest.raises(ValueError, match=r"^'max_callbacks' must be an int of at least 1, got "):
+        AfterMiddleware(lambda e, s: [], runner=InlineRunner(), max_callbacks=bad)
+
+
+def test_one_callback_per_request_is_a_valid_max_callbacks() -> None:
+    ran: list[int] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(ran.append, 1)
+        start_response("200 OK", [])
+        return [b""]
+
+    middleware = AfterMiddleware(app, runner=InlineRunner(), max_callbacks=1)
+    assert middleware.max_callbacks == 1
+    serve(middleware)
+    assert ran == [1]
+
+
+def test_pool_options_with_a_runner_are_all_named() -> None:
+    with pytest.raises(TypeError) as info:
+        AfterMiddleware(
+            lambda e, s: [],
+            runner=InlineRunner(),
+            max_workers=2,  # type: ignore[call-overload]
+            on_full="drop",
+        )
+    message = str(info.value)
+    assert message.startswith("'AfterMiddleware' got 'max_workers', 'on_full' with 'runner'.")
+
+
+def test_nested_middleware_gives_the_inner_app_the_servers_environ_and_the_chain() -> None:
+    seen: list[t.Any] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        seen.append(environ["PATH_INFO"])
+        seen.append(environ["wsgi_after.chain"])
+        seen.append(current_chain())
+        start_response("200 OK", [])
+        return [b""]
+
+    outer = AfterMiddleware(AfterMiddleware(app, runner=InlineRunner()), runner=InlineRunner())
+    serve(outer, "/nested")
+    assert seen[0] == "/nested"
+    assert seen[1] is not None
+    assert seen[1] is seen[2]  # environ["wsgi_after.chain"] is the request's chain
+
+
+def test_one_file_wrapper_hook_per_server_wrapper() -> None:
+    # The hook is built once for the server's file_wrapper, and again when the
+    # server's file_wrapper changes; each request's file goes to its own server's.
+    calls: list[str] = []
+    hooks: list[t.Any] = []
+
+    def wrapper_a(filelike: t.Any, blksize: int = 8192) -> t.Any:
+        calls.append("a")
+        return wsgiref.util.FileWrapper(filelike, blksize)
+
+    def wrapper_b(filelike: t.Any, blksize: int = 8192) -> t.Any:
+        calls.append("b")
+        return wsgiref.util.FileWrapper(filelike, blksize)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        hooks.append(environ["wsgi.file_wrapper"])
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"x"))
+
+    middleware = AfterMiddleware(app, runner=InlineRunner())
+    for wrapper in (wrapper_a, wrapper_a, wrapper_b, wrapper_b):
+        response = call(middleware, make_environ(extra={"wsgi.file_wrapper": wrapper}))
+        assert b"".join(response) == b"x"
+        response.close()
+    assert calls == ["a", "a", "b", "b"]
+    assert hooks[0] is hooks[1]
+    assert hooks[2] is hooks[3]
+    assert hooks[1] is not hooks[2]

@@ -8,14 +8,17 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
+import types
 import typing as t
 
 import pytest
 
+import wsgi_after.runner
 from tests.helpers import TIMEOUT, serve, wait_for
 from wsgi_after import AfterMiddleware, InlineRunner, RunnerStats, ThreadRunner, after
 from wsgi_after.losslog import LossLog
-from wsgi_after.runner import run_task
+from wsgi_after.runner import run_task, thread_stack
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -614,3 +617,358 @@ def test_a_submitter_blocked_when_shutdown_begins_runs_its_task_itself() -> None
     assert ran_in == ["submitter"]
     release.set()
     assert runner.finish_shutdown(time.monotonic() + TIMEOUT) is True
+
+
+def test_a_worker_on_its_full_queue_is_warned_about_once(log: pytest.LogCaptureFixture) -> None:
+    runner = ThreadRunner(max_workers=1, max_pending=1, on_full="block", drain_timeout=5)
+    ran: list[str] = []
+
+    def outer() -> None:
+        runner.submit(lambda: ran.append("filler"))  # fills the queue
+        runner.submit(lambda: ran.append("first"))  # run here, warned
+        runner.submit(lambda: ran.append("second"))  # run here, not warned again
+
+    runner.submit(outer)
+    assert runner.wait_idle(TIMEOUT)
+    assert ran == ["first", "second", "filler"]
+    assert len([r for r in log.records if r.levelname == "WARNING"]) == 1
+    runner.shutdown(TIMEOUT)
+
+
+def test_a_submitter_that_got_room_no_longer_waits() -> None:
+    # White box: the count of waiting submitters is what makes every worker take
+    # the lock to wake them; once they got room it must be back to zero.
+    runner, _, release = blocked_runner("block", max_pending=1)
+    runner.submit(lambda: None)  # the queue is full
+    waiter = threading.Thread(target=runner.submit, args=(lambda: None,))
+    waiter.start()
+    wait_until_blocked(runner)
+    release.set()
+    waiter.join(TIMEOUT)
+    assert not waiter.is_alive()
+    assert runner._blocked == 0
+    assert runner.wait_idle(TIMEOUT)
+    runner.shutdown(TIMEOUT)
+
+
+def test_a_waiter_still_wakes_after_another_waiter_gave_up() -> None:
+    runner, _, release = blocked_runner("block")
+    assert runner.wait_idle(0.01) is False  # gives up: the worker is busy
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(runner.wait_idle(TIMEOUT)))
+    impatient = threading.Thread(target=lambda: results.append(runner.wait_idle(0.05)))
+    waiter.start()
+    impatient.start()
+    impatient.join(TIMEOUT)
+    assert results == [False]  # one waiter gave up; the other still waits
+    release.set()
+    waiter.join(TIMEOUT)
+    assert results == [False, True]
+    assert runner._idle_waiters == 0  # white box: no worker wakes a waiter that left
+    runner.shutdown(TIMEOUT)
+
+
+def test_counts_of_worker_threads_that_ended_are_kept() -> None:
+    runner = ThreadRunner(max_workers=1, idle_timeout=0.01, name="retiring")
+
+    def threads() -> list[threading.Thread]:
+        return [th for th in threading.enumerate() if th.name.startswith("retiring-")]
+
+    for batch in ([lambda: None, lambda: False], [lambda: False, lambda: None, lambda: None]):
+        for task in batch:
+            runner.submit(task)
+        assert runner.wait_idle(TIMEOUT)
+        wait_for(lambda: not threads(), what="the idle worker thread to end")
+    stats = runner.stats()
+    assert (stats.completed, stats.failed, stats.queued, stats.running) == (5, 2, 0, 0)
+    runner.shutdown(TIMEOUT)
+
+
+def test_tasks_lost_at_shutdown_are_neither_queued_nor_running() -> None:
+    runner, _, release = blocked_runner("block", max_pending=3)
+    runner.submit(lambda: None)
+    runner.submit(lambda: None)
+    assert runner.shutdown(timeout=0.01) is False  # two lost, one cut off
+    release.set()
+    wait_for(lambda: runner.stats().completed == 1, what="the held task to end")
+    stats = runner.stats()
+    assert (stats.queued, stats.running, stats.dropped) == (0, 0, 2)
+
+
+def test_wait_idle_waits_out_a_short_timeout() -> None:
+    runner, _, release = blocked_runner("block")
+
+    def release_once_waited_on() -> None:
+        wait_for(lambda: runner._idle_waiters, what="wait_idle() to wait")  # white box
+        release.set()
+
+    releaser = threading.Thread(target=release_once_waited_on)
+    releaser.start()
+    assert runner.wait_idle(1.0) is True  # under a second is still a wait
+    releaser.join(TIMEOUT)
+    runner.shutdown(TIMEOUT)
+
+
+def test_an_idle_worker_stays_while_tasks_are_queued() -> None:
+    # White box: a worker whose wait for work timed out just as a task arrived
+    # must not end (the task would wait for the next submit to start a thread).
+    runner, _, release = blocked_runner("block")
+    runner.submit(lambda: None)  # queued behind the busy worker
+    [worker] = list(runner._threads)
+    assert runner._retire(worker, idle=True) is False
+    assert runner._live == 1
+    release.set()
+    assert runner.wait_idle(TIMEOUT)
+    runner.begin_shutdown()
+    assert runner._retire(worker, idle=True) is False  # it takes its stop signal first
+    assert runner.finish_shutdown(None) is True
+
+
+def test_shutdown_without_a_timeout_drains_for_drain_timeout() -> None:
+    runner = ThreadRunner(max_workers=1, drain_timeout=0.05)
+    release = threading.Event()
+    runner.submit(lambda: release.wait(TIMEOUT))
+    started = time.monotonic()
+    assert runner.shutdown() is False  # cut off after 0.05 s, not after the task
+    assert time.monotonic() - started < TIMEOUT / 2
+    release.set()
+
+
+def test_a_bad_timeout_at_shutdown_is_named() -> None:
+    runner = ThreadRunner(max_workers=1)
+    with pytest.raises(ValueError, match=r"^'timeout' must be a number of seconds"):
+        runner.shutdown(-1)
+    runner.drain_timeout = float("nan")  # set after the check in __init__
+    with pytest.raises(ValueError, match=r"^'drain_timeout' must be a number of seconds"):
+        runner.shutdown()
+    assert runner.shutdown(TIMEOUT) is True
+
+
+def test_a_task_arriving_as_a_worker_times_out_is_still_run() -> None:
+    # The race made certain: a task is submitted just as the worker's wait for work
+    # timed out, before it asks to retire. The worker must stay and run it.
+    runner = ThreadRunner(max_workers=1, idle_timeout=0.01)
+    retire = runner._retire
+    late = threading.Event()
+
+    def submit_then_retire(worker: t.Any, *, idle: bool) -> bool:
+        if not late.is_set() and not runner._queue.qsize():
+            runner.submit(late.set)  # one worker is live: no new thread starts for it
+        return retire(worker, idle=idle)
+
+    runner._retire = submit_then_retire  # type: ignore[method-assign]
+    runner.submit(lambda: None)
+    assert late.wait(TIMEOUT)
+    runner._retire = retire  # type: ignore[method-assign]
+    runner.shutdown(TIMEOUT)
+
+
+def test_thread_stack_shows_a_live_thread_and_nothing_for_a_gone_one() -> None:
+    parked, release = threading.Event(), threading.Event()
+
+    def park() -> None:
+        parked.set()
+        release.wait(TIMEOUT)
+
+    thread = threading.Thread(target=park)
+    thread.start()
+    assert parked.wait(TIMEOUT)
+    assert thread.ident is not None
+    stack = thread_stack(thread.ident)
+    frame = sys._current_frames()[thread.ident]
+    assert stack == "".join(traceback.format_stack(frame))
+    assert "release.wait(TIMEOUT)" in stack
+    release.set()
+    thread.join(TIMEOUT)
+    assert thread_stack(thread.ident) == ""
+
+
+def test_each_failed_task_of_a_worker_is_counted(runner: ThreadRunner) -> None:
+    for _ in range(3):
+        runner.submit(lambda: False)
+    assert runner.wait_idle(TIMEOUT)
+    assert (runner.stats().completed, runner.stats().failed) == (3, 3)
+
+
+def test_a_task_still_running_at_shutdown_is_logged_with_its_stack(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    runner = ThreadRunner(max_workers=1, drain_timeout=5, name="cutoff")
+    release = threading.Event()
+
+    def stuck() -> None:
+        release.wait(TIMEOUT)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(stuck)
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(AfterMiddleware(app, runner=runner), "/held")
+    wait_for(lambda: runner.stats().running, what="the callback to start")
+    started = time.monotonic()
+    assert runner.shutdown(timeout=0.05) is False
+    assert time.monotonic() - started < 0.9  # the deadline, not a second per thread
+    release.set()
+    [error] = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert re.match(
+        r"Callbacks \['tests\.test_runner\.test_a_task_still_running_at_shutdown_is_logged_with"
+        r"_its_stack\.<locals>\.stuck'\] queued by 'GET /held' were still running when 'cutoff'"
+        r" shut down; they are cut off at exit\. The thread's stack:\n.*release\.wait\(TIMEOUT\)",
+        error,
+        re.DOTALL,
+    ), error
+
+
+def test_a_task_lost_at_shutdown_says_how_long_the_drain_was(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    runner, _, release = blocked_runner("block")
+    runner.submit(lambda: None)  # lost
+    assert runner.shutdown(timeout=0.01) is False
+    release.set()
+    lost = [r.getMessage() for r in log.records if "shut down before its turn" in r.getMessage()]
+    assert lost
+    assert re.search(
+        r"'wsgi-after' shut down before its turn \(it drained for 0\.\d s\)\.", lost[0]
+    )
+
+
+def test_a_failed_thread_start_is_retried_after_a_second_only(
+    monkeypatch: pytest.MonkeyPatch, log: pytest.LogCaptureFixture
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(
+        wsgi_after.runner, "time", types.SimpleNamespace(monotonic=lambda: now[0], sleep=time.sleep)
+    )
+    runner = ThreadRunner(max_workers=2, drain_timeout=5, name="flaky")
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        release.wait(TIMEOUT)
+
+    runner.submit(hold)
+    assert busy.wait(TIMEOUT)
+    [worker] = [th for th in threading.enumerate() if th.name == "flaky-0"]
+    assert worker.daemon  # never holds the interpreter's exit
+    attempts: list[str] = []
+    real_start = threading.Thread.start
+
+    def failing_start(self: threading.Thread) -> None:
+        attempts.append(self.name)
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", failing_start)
+    runner.submit(lambda: None)  # queued: no new thread needed yet
+    runner.submit(lambda: None)  # a backlog: a second thread is tried, and fails
+    assert attempts == ["flaky-1"]
+    errors = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert errors == [
+        "'flaky' could not start a worker thread (can't start new thread); it goes on with 1."
+    ]
+    runner.submit(lambda: None)
+    runner.start()
+    assert attempts == ["flaky-1"]  # failed a moment ago: not tried on every submit
+    now[0] += 1.5
+    runner.submit(lambda: None)
+    assert attempts == ["flaky-1", "flaky-1"]  # a second later: tried again
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    release.set()
+    assert runner.wait_idle(TIMEOUT)
+    assert runner.shutdown(TIMEOUT) is True
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit], ids=["KI", "exit"])
+def test_run_task_keeps_an_interrupt_unless_run_in_the_callers_thread(
+    error: type[BaseException], log: pytest.LogCaptureFixture
+) -> None:
+    def interrupted() -> None:
+        raise error
+
+    try:
+        result = run_task(interrupted)  # a worker: logged, not raised
+    except BaseException as e:  # pytest would take it for the user's Ctrl-C
+        pytest.fail(f"run_task() raised {e!r} outside the caller's thread")
+    assert result is False
+    with pytest.raises(error):
+        run_task(interrupted, in_caller=True)
+
+
+def test_wait_idle_without_a_timeout_waits_until_idle() -> None:
+    runner, _, release = blocked_runner("block")
+
+    def release_once_waited_on() -> None:
+        wait_for(lambda: runner._idle_waiters, what="wait_idle() to wait")  # white box
+        release.set()
+
+    releaser = threading.Thread(target=release_once_waited_on)
+    releaser.start()
+    assert runner.wait_idle() is True
+    releaser.join(TIMEOUT)
+    runner.shutdown(TIMEOUT)
+
+
+def test_a_drain_finished_from_a_worker_does_not_wait_for_itself(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    # The process-wide shutdown (lifecycle) may run in a callback's thread: that
+    # worker is not joined (it cannot be), and it is reported as still running.
+    runner = ThreadRunner(max_workers=1, drain_timeout=5, name="self-drain")
+    results: list[bool] = []
+
+    def drains() -> None:
+        runner.begin_shutdown()
+        results.append(runner.finish_shutdown(time.monotonic() + TIMEOUT))
+
+    runner.submit(drains)
+    wait_for(lambda: results, what="the drain to finish")
+    assert results == [False]  # the worker running the drain was still running
+    errors = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert "were still running when 'self-drain' shut down" in errors[0]
+
+
+def test_the_defaults_are_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = ThreadRunner()
+    assert (runner.max_pending, runner.drain_timeout, runner.idle_timeout) == (1000, 25.0, 60.0)
+    assert (runner.on_full, runner.slow_callback, runner.name) == ("block", None, "wsgi-after")
+    for cpus, workers in ((2, 6), (None, 5), (64, 32)):
+        monkeypatch.setattr(os, "cpu_count", lambda cpus=cpus: cpus)
+        assert ThreadRunner().max_workers == workers  # like ThreadPoolExecutor
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"idle_timeout": -1}, "'idle_timeout' must be a number of seconds of at least 0"),
+        ({"idle_timeout": 0}, "'idle_timeout' must be more than 0 seconds, got 0."),
+        ({"slow_callback": -1}, "'slow_callback' must be a number of seconds of at least 0"),
+        ({"slow_callback": 0}, "'slow_callback' must be more than 0 seconds (None: off), got 0."),
+        ({"drain_timeout": "x"}, "'drain_timeout' must be a number of seconds or None, got 'x'."),
+    ],
+)
+def test_bad_timeouts_are_named(options: dict[str, t.Any], message: str) -> None:
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        ThreadRunner(**options)
+
+
+def test_one_second_timeouts_are_allowed() -> None:
+    runner = ThreadRunner(idle_timeout=1, slow_callback=1)
+    assert (runner.idle_timeout, runner.slow_callback) == (1.0, 1.0)
+
+
+def test_start_gives_up_when_no_thread_can_start(
+    monkeypatch: pytest.MonkeyPatch, log: pytest.LogCaptureFixture
+) -> None:
+    def failing_start(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", failing_start)
+    runner = ThreadRunner(max_workers=2, name="none")
+    runner.start()  # returns: it does not try for ever
+    errors = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert errors == [
+        "'none' could not start a worker thread (can't start new thread); its tasks run in the"
+        " submitting threads until one starts."
+    ]
