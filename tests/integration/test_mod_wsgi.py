@@ -56,12 +56,14 @@ def burst(port: int, prefix: str, requests: int, per_request: int, *, hold: bool
 
 def test_stop_runs_every_pending_callback(apache: t.Callable[..., t.Any]) -> None:
     with apache(AFTER_MAX_WORKERS="1") as server:
-        burst(server.port, "stop", 5, 20, hold=True)  # 100 callbacks, held by the first
+        # 20 callbacks, held by the first: few enough to run within the 2 s that the
+        # drain has under Apache even on a loaded machine.
+        burst(server.port, "stop", 4, 5, hold=True)
         assert count_runs(server.db, "stop") == 0
         server.process.send_signal(signal.SIGTERM)
         pathlib.Path(f"{server.db}.release").touch()
         assert server.process.wait(30) == 0
-        assert count_runs(server.db, "stop") == 100, server.log.read_text()[-3000:]
+        assert count_runs(server.db, "stop") == 20, server.log.read_text()[-3000:]
 
 
 def test_stop_drains_within_what_apache_allows_and_names_what_did_not_run(
