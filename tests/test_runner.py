@@ -61,13 +61,12 @@ def test_submit_runs_on_named_worker_threads(runner: ThreadRunner) -> None:
     assert names[0].startswith("test-runner-")
 
 
-def test_threads_start_when_tasks_need_them() -> None:
+def test_threads_start_at_the_first_submit() -> None:
     runner = ThreadRunner(max_workers=3, name="lazy")
     assert not [th for th in threading.enumerate() if th.name.startswith("lazy-")]
     runner.submit(lambda: None)
     assert runner.wait_idle(TIMEOUT)
-    assert [th.name for th in threading.enumerate() if th.name.startswith("lazy-")] == ["lazy-0"]
-    runner.start()
+    # The whole pool: requests' chains run concurrently (see test_requests_run_concurrently).
     assert sorted(th.name for th in threading.enumerate() if th.name.startswith("lazy-")) == [
         "lazy-0",
         "lazy-1",
@@ -296,8 +295,8 @@ def test_runner_used_before_fork_works_in_the_child() -> None:
     with os.fdopen(read_end) as pipe:
         report = pipe.read()
     os.waitpid(pid, 0)
-    # A new thread, named from 0 again: the child does not count the parent's.
-    assert report == "True forked-0"
+    # New threads, named from 0 again: the child does not count the parent's.
+    assert report == "True forked-0,forked-1"
     runner.shutdown(TIMEOUT)
 
 
@@ -848,20 +847,21 @@ def test_a_failed_thread_start_is_retried_after_a_second_only(
         busy.set()
         release.wait(TIMEOUT)
 
-    runner.submit(hold)
-    assert busy.wait(TIMEOUT)
-    [worker] = [th for th in threading.enumerate() if th.name == "flaky-0"]
-    assert worker.daemon  # never holds the interpreter's exit
     attempts: list[str] = []
     real_start = threading.Thread.start
 
-    def failing_start(self: threading.Thread) -> None:
+    def second_fails(self: threading.Thread) -> None:
+        if self.name == "flaky-0":
+            real_start(self)
+            return
         attempts.append(self.name)
         raise RuntimeError("can't start new thread")
 
-    monkeypatch.setattr(threading.Thread, "start", failing_start)
-    runner.submit(lambda: None)  # queued: no new thread needed yet
-    runner.submit(lambda: None)  # a backlog: a second thread is tried, and fails
+    monkeypatch.setattr(threading.Thread, "start", second_fails)
+    runner.submit(hold)  # the pool starts: its second thread fails
+    assert busy.wait(TIMEOUT)
+    [worker] = [th for th in threading.enumerate() if th.name == "flaky-0"]
+    assert worker.daemon  # never holds the interpreter's exit
     assert attempts == ["flaky-1"]
     errors = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
     assert errors == [

@@ -322,8 +322,9 @@ class ThreadRunner:
       submitted after shutdown began runs in the submitting thread (logged at
       WARNING) rather than being lost.
 
-    Threads start when tasks need them, up to ``max_workers``, and end after
-    ``idle_timeout`` seconds without work, or when the runner is freed. A runner
+    The ``max_workers`` threads start at the first ``submit()`` (again after
+    some ended), and end after ``idle_timeout`` seconds without work, or when the
+    runner is freed. A runner
     built or used before ``fork()`` (gunicorn ``--preload``) works in the child;
     tasks queued in the parent stay with the parent.
 
@@ -430,10 +431,12 @@ class ThreadRunner:
         lock.acquire()  # not 'with': that costs twice as much, per request
         try:
             if not self._shutdown:
-                n = self._queue.qsize()
-                if n < self.max_pending:
-                    if self._live < self.max_workers and (n or not self._live):
-                        self._spawn()
+                if self._queue.qsize() < self.max_pending:
+                    if self._live < self.max_workers:
+                        # The whole pool, so that requests' chains run concurrently:
+                        # one that waits for another's (a barrier, a lock) never
+                        # waits behind it for a thread.
+                        self._start_missing()
                     if self._live:
                         self._submitted += 1
                         self._queue.put((fn, time.monotonic()))
@@ -502,11 +505,16 @@ class ThreadRunner:
         return any(w.ident == ident for w in list(self._threads))
 
     def start(self) -> None:
-        """Start every worker thread now rather than when tasks need them."""
+        """Start every worker thread now rather than at the next ``submit()``."""
         with self._lock:
-            while self._live < self.max_workers and not self._shutdown:
-                if not self._spawn():
-                    break
+            if not self._shutdown:
+                self._start_missing()
+
+    def _start_missing(self) -> None:
+        """Start worker threads up to ``max_workers`` (lock held); stop at a failure."""
+        while self._live < self.max_workers:
+            if not self._spawn():
+                break
 
     def _spawn(self) -> bool:
         """Start one worker thread (lock held). False if it could not start."""
