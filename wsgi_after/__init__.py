@@ -51,10 +51,10 @@ __all__ = [
 ]
 
 if "uwsgi" in sys.modules:  # under uWSGI: its fork, exit and threads hooks
-    from .uwsgi import install as _install_uwsgi_hooks
+    from . import uwsgi
 
-    _install_uwsgi_hooks()
+    uwsgi.install()
 if "mod_wsgi" in sys.modules:  # under mod_wsgi: drain at its shutdown event
-    from .mod_wsgi import install as _install_mod_wsgi_hooks
+    from . import mod_wsgi
 
-    _install_mod_wsgi_hooks()
+    mod_wsgi.install()

@@ -430,17 +430,16 @@ class ThreadRunner:
         lock = self._lock
         lock.acquire()  # not 'with': that costs twice as much, per request
         try:
-            if not self._shutdown:
-                if self._queue.qsize() < self.max_pending:
-                    if self._live < self.max_workers:
-                        # The whole pool, so that requests' chains run concurrently:
-                        # one that waits for another's (a barrier, a lock) never
-                        # waits behind it for a thread.
-                        self._start_missing()
-                    if self._live:
-                        self._submitted += 1
-                        self._queue.put((fn, time.monotonic()))
-                        return
+            if not self._shutdown and self._queue.qsize() < self.max_pending:
+                if self._live < self.max_workers:
+                    # The whole pool, so that requests' chains run concurrently: one
+                    # that waits for another's (a barrier, a lock) never waits behind
+                    # it for a thread.
+                    self._start_missing()
+                if self._live:
+                    self._submitted += 1
+                    self._queue.put((fn, time.monotonic()))
+                    return
         finally:
             lock.release()
         self._submit_slow(fn)
