@@ -107,3 +107,21 @@ def count_runs(db: pathlib.Path, prefix: str) -> int:
 def wait_for_count(db: pathlib.Path, prefix: str, count: int, timeout: float = 20.0) -> int:
     """Poll until the ``prefix`` requests recorded ``count`` runs, or the deadline passes."""
     return poll(lambda: count_runs(db, prefix), lambda n: n >= count, timeout)
+
+
+def burst(port: int, prefix: str, requests: int, per_request: int, sleep: float = 0.001) -> None:
+    """``requests`` requests of ``per_request`` callbacks, every request's first one held.
+
+    Each request's first callback waits for :func:`release` (see ``apps/matrix_app.py``).
+    Holding every request, not only the first, keeps them all pending on a one-thread
+    runner whatever order a threaded server closes the responses in: it may close the
+    second response before the first, whose client already has its reply.
+    """
+    for i in range(requests):
+        path = f"/burst?n={per_request}&sleep={sleep}&hold=1"
+        assert fetch(port, path, f"{prefix}-{i}").status == 200
+
+
+def release(db: pathlib.Path) -> None:
+    """Let the callbacks held by :func:`burst` (or ``?hold=1``) of the server using ``db`` go."""
+    pathlib.Path(f"{db}.release").touch()

@@ -10,7 +10,15 @@ import signal
 import time
 import uuid
 
-from tests.integration.client import count_runs, fetch, pids, wait_for_count, wait_for_runs
+from tests.integration.client import (
+    burst,
+    count_runs,
+    fetch,
+    pids,
+    release,
+    wait_for_count,
+    wait_for_runs,
+)
 from tests.integration.servers import free_port, gunicorn, running, waitress
 
 HOOKS = str(pathlib.Path(__file__).parent / "gunicorn_hooks.conf.py")
@@ -20,19 +28,6 @@ def env_for(tmp_path: pathlib.Path, **extra: str) -> dict[str, str]:
     return {"MATRIX_DB": str(tmp_path / "runs.sqlite"), **extra}
 
 
-def burst(port: int, prefix: str, requests: int, per_request: int, sleep: float) -> None:
-    """``requests`` requests of ``per_request`` callbacks; the first callback is held."""
-    for i in range(requests):
-        hold = "&hold=1" if i == 0 else ""
-        reply = fetch(port, f"/burst?n={per_request}&sleep={sleep}{hold}", f"{prefix}-{i}")
-        assert reply.status == 200
-
-
-def release(tmp_path: pathlib.Path) -> None:
-    """Let the callback held by ``burst`` go (see ``apps/matrix_app.py``)."""
-    (tmp_path / "runs.sqlite.release").touch()
-
-
 def test_sigterm_runs_every_pending_callback(tmp_path: pathlib.Path) -> None:
     port = free_port()
     env = env_for(tmp_path, AFTER_MAX_WORKERS="1")
@@ -40,7 +35,7 @@ def test_sigterm_runs_every_pending_callback(tmp_path: pathlib.Path) -> None:
         burst(port, "drain", 10, 100, 0.001)  # 1000 callbacks of ~1 ms on one thread
         assert count_runs(tmp_path / "runs.sqlite", "drain") == 0  # all held: pending
         process.send_signal(signal.SIGTERM)
-        release(tmp_path)
+        release(tmp_path / "runs.sqlite")
         assert process.wait(30) == 0
     assert count_runs(tmp_path / "runs.sqlite", "drain") == 1000
 
@@ -51,7 +46,7 @@ def test_sigterm_with_hooks_runs_every_pending_callback(tmp_path: pathlib.Path) 
     with running(gunicorn(port, "-c", HOOKS), port, env=env) as process:
         burst(port, "hooks", 10, 100, 0.001)
         process.send_signal(signal.SIGTERM)
-        release(tmp_path)
+        release(tmp_path / "runs.sqlite")
         assert process.wait(30) == 0
     assert count_runs(tmp_path / "runs.sqlite", "hooks") == 1000
 
@@ -62,7 +57,7 @@ def test_drain_timeout_ends_the_worker_and_names_what_did_not_run(tmp_path: path
     env = env_for(tmp_path, AFTER_MAX_WORKERS="2", AFTER_DRAIN_TIMEOUT="1")
     with running(gunicorn(port, "--graceful-timeout", "20"), port, env=env, log=log) as process:
         burst(port, "slow", 3, 2, 30)  # two chains run, one waits; each would take 60 s
-        release(tmp_path)
+        release(tmp_path / "runs.sqlite")
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         process.wait(30)
@@ -83,7 +78,7 @@ def test_worker_exit_hook_bounds_the_drain_by_graceful_timeout(tmp_path: pathlib
     command = gunicorn(port, "-c", HOOKS, "--graceful-timeout", "4")
     with running(command, port, env=env_for(tmp_path), log=log) as process:
         burst(port, "bounded", 1, 1, 30)
-        release(tmp_path)
+        release(tmp_path / "runs.sqlite")
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         process.wait(30)
@@ -125,7 +120,7 @@ def test_waitress_with_exit_on_sigterm_drains(tmp_path: pathlib.Path) -> None:
     with running(waitress(port), port, env=env) as process:
         burst(port, "waitress", 4, 50, 0.005)
         process.send_signal(signal.SIGTERM)
-        release(tmp_path)
+        release(tmp_path / "runs.sqlite")
         assert process.wait(30) == 0
     assert count_runs(tmp_path / "runs.sqlite", "waitress") == 200
 
@@ -137,6 +132,6 @@ def test_waitress_without_the_recipe_loses_callbacks(tmp_path: pathlib.Path) -> 
     with running(waitress(port, recipe=False), port, env=env) as process:
         burst(port, "bare", 4, 50, 0.005)
         process.send_signal(signal.SIGTERM)
-        release(tmp_path)
+        release(tmp_path / "runs.sqlite")
         assert process.wait(30) == -signal.SIGTERM
     assert count_runs(tmp_path / "runs.sqlite", "bare") < 200

@@ -17,7 +17,7 @@ import typing as t
 import pytest
 
 from tests.integration import servers
-from tests.integration.client import count_runs, fetch, pids, wait_for_count
+from tests.integration.client import burst, count_runs, fetch, pids, release, wait_for_count
 from tests.integration.mod_wsgi_express import Express
 from tests.integration.poll import poll
 
@@ -48,20 +48,14 @@ def apache(express: Express) -> t.Callable[..., t.ContextManager[Apache]]:
     return start
 
 
-def burst(port: int, prefix: str, requests: int, per_request: int, *, hold: bool) -> None:
-    for i in range(requests):
-        path = f"/burst?n={per_request}&sleep=0.001" + ("&hold=1" if hold and i == 0 else "")
-        assert fetch(port, path, f"{prefix}-{i}").status == 200
-
-
 def test_stop_runs_every_pending_callback(apache: t.Callable[..., t.Any]) -> None:
     with apache(AFTER_MAX_WORKERS="1") as server:
         # 20 callbacks, held by the first: few enough to run within the 2 s that the
         # drain has under Apache even on a loaded machine.
-        burst(server.port, "stop", 4, 5, hold=True)
+        burst(server.port, "stop", 4, 5)
         assert count_runs(server.db, "stop") == 0
         server.process.send_signal(signal.SIGTERM)
-        pathlib.Path(f"{server.db}.release").touch()
+        release(server.db)
         assert server.process.wait(30) == 0
         assert count_runs(server.db, "stop") == 20, server.log.read_text()[-3000:]
 
@@ -96,9 +90,9 @@ def test_maximum_requests_recycling_loses_nothing(apache: t.Callable[..., t.Any]
 
 def test_named_sub_interpreter_drains_at_stop(apache: t.Callable[..., t.Any]) -> None:
     with apache("--application-group", "shop", AFTER_MAX_WORKERS="1") as server:
-        burst(server.port, "group", 2, 20, hold=True)
+        burst(server.port, "group", 2, 20)
         server.process.send_signal(signal.SIGTERM)
-        pathlib.Path(f"{server.db}.release").touch()
+        release(server.db)
         server.process.wait(30)
         count = poll(lambda: count_runs(server.db, "group"), lambda n: n >= 40, timeout=5)
         assert count == 40, server.log.read_text()[-3000:]

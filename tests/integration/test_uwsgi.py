@@ -20,7 +20,15 @@ import uuid
 import pytest
 
 from tests.integration import servers
-from tests.integration.client import count_runs, fetch, pids, query, wait_for_count
+from tests.integration.client import (
+    burst,
+    count_runs,
+    fetch,
+    pids,
+    query,
+    release,
+    wait_for_count,
+)
 from tests.integration.poll import poll
 from tests.integration.test_flask_isolation import post, seen
 
@@ -31,17 +39,6 @@ CONCURRENT = 8  # requests held in flight at once, on uWSGI's 8 threads
 
 def env_for(tmp_path: pathlib.Path, **extra: str) -> dict[str, str]:
     return {"MATRIX_DB": str(tmp_path / "runs.sqlite"), **extra}
-
-
-def release(tmp_path: pathlib.Path) -> None:
-    """Let the callbacks held by ``?hold=1`` go (see ``apps/matrix_app.py``)."""
-    (tmp_path / "runs.sqlite.release").touch()
-
-
-def burst(port: int, prefix: str, requests: int, per_request: int, *, hold: bool) -> None:
-    for i in range(requests):
-        path = f"/burst?n={per_request}&sleep=0.001" + ("&hold=1" if hold and i == 0 else "")
-        assert fetch(port, path, f"{prefix}-{i}").status == 200
 
 
 def stats_of(port: int) -> dict[str, t.Any]:
@@ -184,11 +181,11 @@ def test_stop_runs_every_pending_callback(tmp_path: pathlib.Path, how: str) -> N
     log = tmp_path / "server.log"
     env = env_for(tmp_path, AFTER_MAX_WORKERS="1")
     with servers.running(command, port, env=env, log=log) as process:
-        burst(port, "stop", 5, 20, hold=True)  # 100 callbacks; the first holds them all
+        burst(port, "stop", 5, 20)  # 100 callbacks, all held
         assert count_runs(tmp_path / "runs.sqlite", "stop") == 0
         wait_until_idle(stats)
         process.send_signal(stop.sig)
-        release(tmp_path)
+        release(tmp_path / "runs.sqlite")
         process.wait(30)
     assert count_runs(tmp_path / "runs.sqlite", "stop") == 100, log.read_text()[-3000:]
 
@@ -199,9 +196,9 @@ def test_single_process_sigquit_loses_callbacks(tmp_path: pathlib.Path) -> None:
     command = servers.uwsgi(port, "--threads", "2")
     env = env_for(tmp_path, AFTER_MAX_WORKERS="1")
     with servers.running(command, port, env=env, log=tmp_path / "server.log") as process:
-        burst(port, "quit", 5, 20, hold=True)
+        burst(port, "quit", 5, 20)
         process.send_signal(signal.SIGQUIT)
-        release(tmp_path)
+        release(tmp_path / "runs.sqlite")
         assert process.wait(30) == -signal.SIGQUIT
     assert count_runs(tmp_path / "runs.sqlite", "quit") < 100
 
@@ -212,10 +209,10 @@ def test_brutal_reload_runs_every_pending_callback(tmp_path: pathlib.Path) -> No
     log = tmp_path / "server.log"
     env = env_for(tmp_path, AFTER_MAX_WORKERS="1")
     with servers.running(command, port, env=env, log=log, stop_signal=signal.SIGINT) as process:
-        burst(port, "reload", 5, 20, hold=True)
+        burst(port, "reload", 5, 20)
         wait_until_idle(stats)
         process.send_signal(signal.SIGTERM)  # without --die-on-term: a brutal reload
-        release(tmp_path)
+        release(tmp_path / "runs.sqlite")
         assert wait_for_count(tmp_path / "runs.sqlite", "reload", 100, timeout=30) == 100
         # And the re-executed master's new worker serves (connections taken while the
         # master re-executes itself are dropped: try again).
