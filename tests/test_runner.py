@@ -874,6 +874,9 @@ def test_a_failed_thread_start_is_retried_after_a_second_only(
     runner.submit(lambda: None)
     assert attempts == ["flaky-1", "flaky-1"]  # a second later: tried again
     monkeypatch.setattr(threading.Thread, "start", real_start)
+    # The waits below take their deadlines from the real clock (wsgi_after.lifecycle):
+    # the runner must read that clock too, however far from it the fake one is.
+    monkeypatch.setattr(wsgi_after.runner, "time", time)
     release.set()
     assert runner.wait_idle(TIMEOUT)
     assert runner.shutdown(TIMEOUT) is True

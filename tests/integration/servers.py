@@ -24,6 +24,7 @@ from tests.integration.poll import poll
 
 __all__ = [
     "APPS",
+    "default_quit_action",
     "free_port",
     "gunicorn",
     "python",
@@ -79,6 +80,24 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: f
 
 
 @contextlib.contextmanager
+def default_quit_action() -> collections.abc.Iterator[None]:
+    """Let a server started meanwhile have SIGQUIT's default action, as from a terminal.
+
+    An ignored signal stays ignored across exec, and a background job of a
+    non-interactive shell (``nox &`` in a script) starts with SIGQUIT ignored: its
+    servers would then survive the SIGQUIT a test sends them.
+    """
+    if signal.getsignal(signal.SIGQUIT) != signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
 def running(
     args: list[str],
     port: int,
@@ -92,9 +111,10 @@ def running(
     full_env = {**os.environ, "PYTHONPATH": str(APPS), "PYTHONUNBUFFERED": "1", **(env or {})}
     out: t.Any = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     try:
-        process = subprocess.Popen(
-            args, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with default_quit_action():
+            process = subprocess.Popen(
+                args, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         try:
             wait_for_port(port, process, start_timeout)
             yield process
