@@ -20,8 +20,9 @@ The kinds, in a callback's life:
   that the callback sees; ``queue_delay`` is the time from the response's
   ``close()`` to the start, ``run_time`` the callback's own duration;
 * ``"dropped"`` (the runner's queue was full), ``"lost"`` (not run at
-  shutdown), ``"never_closed"`` (the server never called ``close()``): where
-  the library logs the loss;
+  shutdown; a :class:`~wsgi_after.celery.CeleryRunner` message given up on),
+  ``"never_closed"`` (the server never called ``close()``): where the library
+  logs the loss;
 * ``"slow"``: a :class:`~wsgi_after.ThreadRunner` with ``slow_callback`` saw
   the callback run longer than that (``run_time`` so far), logged once.
 
