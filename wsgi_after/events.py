@@ -163,10 +163,9 @@ def emit(event: CallbackEvent) -> None:
     A ``"started"``, ``"finished"`` or ``"failed"`` event without a runner gets this
     thread's (:func:`current_runner`).
     """
-    ref = _attribution.runner
-    if ref is not None and event[-1] is None and event[0] in _RUN_KINDS:
-        runner = ref()
-        if runner is not None:  # a copy naming it, made as cheaply as a tuple can be
+    if event.runner is None and event.kind in _RUN_KINDS:
+        runner = current_runner()
+        if runner is not None:  # a copy that names it (cheaper than _replace)
             event = _tuple_new(CallbackEvent, (*event[:-1], runner))
     for listener in tuple(listeners):
         try:
