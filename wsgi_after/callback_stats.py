@@ -150,7 +150,8 @@ class CallbackStats:
     response the server never closed. ``slow`` counts the callbacks that a
     :class:`~wsgi_after.ThreadRunner` with ``slow_callback`` reported (they are
     counted again when they end). The statistics are of the whole process, all
-    runners together.
+    runners together, unless installed for one runner (``install(runner)``, what
+    a runner's ``callback_stats`` option does).
 
     :param max_names: distinct callback names kept; later names count as
         ``"other"``. 100 is far more than most apps have, and bounds memory.
