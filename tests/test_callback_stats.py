@@ -8,7 +8,7 @@ import typing as t
 
 import pytest
 
-from tests.helpers import broken, ok, queuing, serve
+from tests.helpers import TIMEOUT, broken, ok, queuing, serve
 from wsgi_after import AfterMiddleware, InlineRunner, ThreadRunner, events
 from wsgi_after.callback_stats import (
     OTHER,
@@ -135,3 +135,119 @@ def test_bad_options_name_the_fix(options: dict[str, int], message: str) -> None
 def test_bounded_names_keeps_the_first_ones() -> None:
     names = BoundedNames(2)
     assert [names(n) for n in ("a", "b", "c", "a")] == ["a", "b", OTHER, "a"]
+
+
+def test_a_runner_with_callback_stats_counts_its_own_callbacks_in_stats() -> None:
+    counted = ThreadRunner(max_workers=2, callback_stats=True, name="counted")
+    other = ThreadRunner(max_workers=2, name="other")
+    try:
+        serve(AfterMiddleware(queuing(ok, broken, ok), runner=counted))
+        serve(AfterMiddleware(queuing(ok), runner=other))
+        assert counted.wait_idle(TIMEOUT)
+        assert other.wait_idle(TIMEOUT)
+        stats = counted.stats()
+    finally:
+        counted.shutdown(TIMEOUT)
+        other.shutdown(TIMEOUT)
+    assert stats.callbacks is not None
+    assert set(stats.callbacks) == {"tests.helpers.ok", "tests.helpers.broken"}
+    good = stats.callbacks["tests.helpers.ok"]
+    assert (good.completed, good.failed) == (2, 0)
+    assert stats.callbacks["tests.helpers.broken"].failed == 1
+    assert stats.queue_delay is not None
+    assert stats.run_time is not None
+    assert stats.queue_delay.count == stats.run_time.count == 3
+    assert 0 <= stats.queue_delay.p50 <= stats.queue_delay.p99 <= stats.queue_delay.max
+    assert (stats.completed, stats.failed) == (1, 1)  # tasks: one request, a callback failed
+    plain = other.stats()
+    assert (plain.callbacks, plain.queue_delay, plain.run_time) == (None, None, None)
+
+
+def test_a_runners_drops_losses_and_callbacks_run_in_the_caller_are_its_own() -> None:
+    release = threading.Event()
+    running = threading.Event()
+
+    def blocker() -> None:
+        running.set()
+        assert release.wait(TIMEOUT)
+
+    dropping = ThreadRunner(max_workers=1, max_pending=1, on_full="drop", callback_stats=True)
+    running_here = ThreadRunner(
+        max_workers=1, max_pending=1, on_full="run", callback_stats=CallbackStats(max_names=1)
+    )
+    try:
+        serve(AfterMiddleware(queuing(blocker), runner=dropping))
+        assert running.wait(TIMEOUT)
+        serve(AfterMiddleware(queuing(ok), runner=dropping))  # waits in the queue
+        serve(AfterMiddleware(queuing(ok), runner=dropping))  # dropped
+        assert dropping.shutdown(0.05) is False  # the queued one is lost
+        running.clear()
+        serve(AfterMiddleware(queuing(blocker), runner=running_here))
+        assert running.wait(TIMEOUT)
+        serve(AfterMiddleware(queuing(ok), runner=running_here))  # waits in the queue
+        serve(AfterMiddleware(queuing(ok, broken), runner=running_here))  # runs here
+        here = t.cast("dict[str, NameStats]", running_here.stats().callbacks)
+        assert set(here) == {"tests.helpers.ok", OTHER}  # max_names=1
+        assert (here["tests.helpers.ok"].completed, here[OTHER].failed) == (1, 1)
+    finally:
+        release.set()
+        dropping.shutdown(TIMEOUT)
+        running_here.shutdown(TIMEOUT)
+    dropped = t.cast("dict[str, NameStats]", dropping.stats().callbacks)
+    assert (dropped["tests.helpers.ok"].dropped, dropped["tests.helpers.ok"].lost) == (1, 1)
+
+
+def test_an_inline_runner_has_stats_too() -> None:
+    runner = InlineRunner(callback_stats=True)
+    serve(AfterMiddleware(queuing(ok, broken), runner=runner))
+    serve(AfterMiddleware(queuing(ok), runner=runner))
+    stats = runner.stats()
+    assert (stats.queued, stats.running, stats.completed, stats.failed, stats.dropped) == (
+        0,
+        0,
+        2,
+        1,
+        0,
+    )
+    assert stats.callbacks is not None
+    assert stats.callbacks["tests.helpers.ok"].completed == 2
+    assert stats.callbacks["tests.helpers.broken"].failed == 1
+    assert InlineRunner().stats().callbacks is None
+
+
+def test_callback_stats_are_opt_in_and_leave_the_runner_with_it() -> None:
+    import gc
+
+    before = list(events.listeners)
+    ThreadRunner().shutdown(TIMEOUT)
+    InlineRunner()
+    assert events.listeners == before  # off: nothing listens, nothing is measured
+    runner = InlineRunner(callback_stats=True)
+    stats = runner.callback_stats
+    assert stats is not None
+    assert stats in events.listeners
+    del runner
+    gc.collect()
+    assert stats not in events.listeners
+
+
+def test_a_forked_childs_runner_starts_its_callback_stats_afresh() -> None:
+    runner = ThreadRunner(callback_stats=True)
+    try:
+        serve(AfterMiddleware(queuing(ok), runner=runner))
+        assert runner.wait_idle(TIMEOUT)
+        assert t.cast("dict[str, NameStats]", runner.stats().callbacks)["tests.helpers.ok"]
+        runner.shutdown(TIMEOUT)
+        runner.reset_after_fork()  # what the child does (wsgi_after.lifecycle)
+        assert runner.stats().callbacks == {}
+    finally:
+        runner.shutdown(TIMEOUT)
+
+
+@pytest.mark.parametrize("make", [ThreadRunner, InlineRunner], ids=["thread", "inline"])
+def test_a_bad_callback_stats_option_names_the_fix(make: t.Callable[..., object]) -> None:
+    with pytest.raises(TypeError) as info:
+        make(callback_stats="yes")
+    assert str(info.value) == (
+        "'callback_stats' must be True, False or a 'CallbackStats', got 'str'."
+    )

@@ -14,8 +14,9 @@ import typing as t
 import pytest
 from celery import Celery
 
-from tests.helpers import serve
-from wsgi_after import AfterMiddleware, after
+from tests.helpers import serve, wait_for
+from wsgi_after import AfterMiddleware, after, events
+from wsgi_after.callback_stats import NameStats
 from wsgi_after.celery import (
     ALLOW_KEY,
     TASK_NAME,
@@ -273,6 +274,35 @@ def test_a_failing_dead_letter_hook_is_logged_without_the_payload(
         " callbacks of 'GET /x'; their payload is lost."
     )
     assert not any("s3cr3t" in m for m in messages)
+
+
+def test_messages_dropped_or_given_up_on_are_events_of_the_runner() -> None:
+    seen: list[events.CallbackEvent] = []
+    events.subscribe(seen.append)
+    runner = CeleryRunner(app, allow=[HERE], retry_window=60, max_pending=1, callback_stats=True)
+    try:
+        wsgi = AfterMiddleware(app_after(module_level, 1), runner=runner)
+        serve(wsgi, "/first")  # the publisher takes it, and retries it
+        wait_for(lambda: runner.stats().retried, what="a retry")
+        serve(wsgi, "/second")  # waits for the publisher
+        serve(wsgi, "/third")  # the queue is full
+        runner.shutdown(5)  # both are tried once more, and given up on
+    finally:
+        events.unsubscribe(seen.append)
+        runner.shutdown(1)
+    losses = [(e.kind, e.name, e.method, e.path, e.runner) for e in seen if e.kind != "queued"]
+    name = f"{HERE}.module_level"
+    assert losses == [
+        ("dropped", name, "GET", "/third", runner),
+        ("lost", name, "GET", "/first", runner),
+        ("lost", name, "GET", "/second", runner),
+    ]
+    stats = runner.stats()
+    assert (stats.dropped, stats.dead_lettered) == (1, 2)
+    assert stats.callbacks == {name: NameStats(dropped=1, lost=2)}
+    plain = CeleryRunner(app)
+    assert plain.stats().callbacks is None
+    plain.shutdown(1)
 
 
 # The worker side, run in this process: forged messages and the allow list.

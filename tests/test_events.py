@@ -496,3 +496,93 @@ def test_an_idle_worker_is_never_reported_slow(monkeypatch: pytest.MonkeyPatch) 
     clock.after_samples(10)  # more than slow_callback of watching the idle worker
     assert runner.stats().hung == 0
     assert runner.shutdown(TIMEOUT) is True  # nothing counted as still running
+
+
+def test_events_name_the_runner_that_ran_dropped_or_lost_the_callback(
+    seen: list[tuple[events.CallbackEvent, str]],
+) -> None:
+    busy, release = threading.Event(), threading.Event()
+    runner = ThreadRunner(max_workers=1, max_pending=1, on_full="drop", drain_timeout=5)
+    inline = InlineRunner()
+
+    def hold() -> None:
+        busy.set()
+        release.wait(10)
+
+    try:
+        serve(AfterMiddleware(app, runner=inline), "/inline")
+        serve(AfterMiddleware(queuing_hold := _queuing(hold), runner=runner), "/held")
+        assert busy.wait(TIMEOUT)
+        serve(AfterMiddleware(queuing_hold, runner=runner), "/queued")  # waits in the queue
+        serve(AfterMiddleware(queuing_hold, runner=runner), "/dropped")  # the queue is full
+        assert runner.shutdown(timeout=0.05) is False  # /queued is lost
+    finally:
+        release.set()
+    wait_for(lambda: ("finished", "/held") in {(e.kind, e.path) for e, _ in seen}, what="/held")
+    named = {(e.kind, e.path, e.runner) for e, _ in seen}
+    assert {("queued", "/inline", None), ("queued", "/held", None)} <= named
+    assert {("started", "/inline", inline), ("failed", "/inline", inline)} <= named
+    assert {("started", "/held", runner), ("finished", "/held", runner)} <= named
+    assert {("dropped", "/dropped", runner), ("lost", "/queued", runner)} <= named
+    assert all(e.runner is not None for e, _ in seen if e.kind != "queued")
+
+
+def _queuing(*callbacks: t.Callable[[], None]) -> t.Any:
+    def queuing_app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        for callback in callbacks:
+            after(callback)
+        start_response("200 OK", [])
+        return [b""]
+
+    return queuing_app
+
+
+def test_a_task_run_in_the_submitting_thread_is_its_runners(
+    seen: list[tuple[events.CallbackEvent, str]],
+) -> None:
+    busy, release = threading.Event(), threading.Event()
+    runner = ThreadRunner(max_workers=1, max_pending=1, on_full="run", drain_timeout=5)
+
+    def hold() -> None:
+        busy.set()
+        release.wait(10)
+
+    try:
+        serve(AfterMiddleware(_queuing(hold), runner=runner), "/held")
+        assert busy.wait(TIMEOUT)
+        serve(AfterMiddleware(_queuing(ok), runner=runner), "/queued")
+        serve(AfterMiddleware(_queuing(ok), runner=runner), "/here")  # the queue is full
+        here = [e for e, _ in seen if e.path == "/here" and e.kind != "queued"]
+        assert [(e.kind, e.runner) for e in here] == [("started", runner), ("finished", runner)]
+    finally:
+        release.set()
+        runner.shutdown(TIMEOUT)
+    assert events.current_runner() is None  # the server's thread runs nobody's tasks after
+
+
+def test_another_runners_callbacks_name_no_runner(
+    seen: list[tuple[events.CallbackEvent, str]],
+) -> None:
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        serve(AfterMiddleware(_queuing(ok), runner=pool))
+    assert [(e.kind, e.runner) for e, _ in seen] == [
+        ("queued", None),
+        ("started", None),
+        ("finished", None),
+    ]
+
+
+def test_set_runner_holds_the_runner_weakly() -> None:
+    import gc
+
+    runner = InlineRunner()
+    previous = events.set_runner(runner)
+    try:
+        assert events.current_runner() is runner
+        del runner
+        gc.collect()
+        assert events.current_runner() is None
+    finally:
+        events.set_runner(previous)

@@ -11,12 +11,24 @@ recorded, and the core pays nothing, until it is installed::
     snapshot.by_name["myapp.emails.send_welcome"].failed
     snapshot.queue_delay.p99          # seconds, over the last 1024 callbacks
 
+To see one runner's callbacks in its ``stats()``, give the runner the option
+instead (the statistics then count only what that runner ran, dropped or lost)::
+
+    runner = ThreadRunner(callback_stats=True)
+    ...
+    stats = runner.stats()
+    stats.callbacks["myapp.emails.send_welcome"].completed
+    stats.queue_delay.p99
+
 Cardinality is bounded: the first ``max_names`` distinct callback names get
 their own entry, every later name is counted under ``"other"`` (callback names
 come from code, so the cap is only reached by callbacks made on the fly, such
 as ``functools.partial`` or lambdas of generated modules). Percentiles are
 computed over a sliding window of the most recent callbacks, so memory stays
 constant however long the process runs.
+
+Nothing is measured for callbacks while no statistics (and no other listener)
+are installed: the request's and the worker's paths test one empty list.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import dataclasses
 import math
 import threading
 import typing as t
+import weakref
 
 from . import events
 
@@ -137,7 +150,8 @@ class CallbackStats:
     response the server never closed. ``slow`` counts the callbacks that a
     :class:`~wsgi_after.ThreadRunner` with ``slow_callback`` reported (they are
     counted again when they end). The statistics are of the whole process, all
-    runners together.
+    runners together, unless installed for one runner (``install(runner)``, what
+    a runner's ``callback_stats`` option does).
 
     :param max_names: distinct callback names kept; later names count as
         ``"other"``. 100 is far more than most apps have, and bounds memory.
@@ -150,14 +164,31 @@ class CallbackStats:
     def __init__(self, *, max_names: int = 100, window: int = 1024) -> None:
         if type(window) is not int or window < 1:
             raise ValueError(f"'window' must be an int of at least 1, got {window!r}.")
+        self.window = window
         self.names = BoundedNames(max_names)
+        #: The runner whose callbacks are counted (a weak reference), or None: all.
+        self.runner: weakref.ref[t.Any] | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything recorded (a runner's statistics in a forked child)."""
+        self.names = BoundedNames(self.names.cap)
         self._lock = threading.Lock()
         self._by_name: dict[str, _Counts] = {}
-        self._delays: collections.deque[float] = collections.deque(maxlen=window)
-        self._runs: collections.deque[float] = collections.deque(maxlen=window)
+        self._delays: collections.deque[float] = collections.deque(maxlen=self.window)
+        self._runs: collections.deque[float] = collections.deque(maxlen=self.window)
 
-    def install(self) -> CallbackStats:
-        """Start recording (subscribe to the callback events); returns ``self``."""
+    def install(self, runner: object | None = None) -> CallbackStats:
+        """Start recording (subscribe to the callback events); returns ``self``.
+
+        :param runner: count only the callbacks this runner ran, dropped or lost
+            (its events' ``runner``); held weakly, and recording stops when it
+            is freed. None counts every callback of the process.
+        """
+        if runner is None:
+            self.runner = None
+        else:
+            self.runner = weakref.ref(runner, lambda _: self.uninstall())
         events.subscribe(self)
         return self
 
@@ -169,6 +200,8 @@ class CallbackStats:
         """The events listener."""
         outcome = _OUTCOME.get(event.kind)
         if outcome is None:
+            return
+        if self.runner is not None and (event.runner is None or event.runner is not self.runner()):
             return
         name = self.names(event.name)
         with self._lock:
@@ -192,3 +225,23 @@ class CallbackStats:
             delays = list(self._delays)
             runs = list(self._runs)
         return Snapshot(by_name, percentiles(delays), percentiles(runs))
+
+
+def for_runner(option: object, runner: object) -> CallbackStats | None:
+    """The statistics a runner's ``callback_stats`` option asks for, installed for it.
+
+    :param option: False (none), True (a :class:`CallbackStats` with the
+        defaults) or a :class:`CallbackStats` (its options; it then counts only
+        ``runner``'s callbacks).
+    :raises TypeError: for anything else.
+    """
+    if option is False:
+        return None
+    if option is True:
+        option = CallbackStats()
+    if not isinstance(option, CallbackStats):
+        raise TypeError(
+            f"'callback_stats' must be True, False or a 'CallbackStats', got"
+            f" {type(option).__name__!r}."
+        )
+    return option.install(runner)

@@ -28,7 +28,9 @@ request: while the broker is down each message is retried with backoff for
 ``retry_window`` seconds. A message that cannot be published (queue full, broker
 unreachable, encoding error, shutdown) is logged by request and callback names
 only, never with its arguments, through the same aggregation as the thread
-runner's drops, and its payload goes to the ``dead_letter`` hook if one is set.
+runner's drops, and its payload goes to the ``dead_letter`` hook if one is set;
+listeners of :mod:`wsgi_after.events` see each of its callbacks as ``"dropped"``
+(the queue was full) or ``"lost"`` (given up on), with this runner as ``runner``.
 The W3C trace context (``traceparent``) travels in the message headers when
 OpenTelemetry is installed.
 """
@@ -51,8 +53,9 @@ import celery
 import kombu.exceptions
 import kombu.serialization
 
-from . import lifecycle
+from . import events, lifecycle
 from ._chain import CURRENT, Chain, current_chain
+from .callback_stats import CallbackStats, NameStats, for_runner
 from .losslog import LossLog
 from .naming import callback_name, safe
 from .runner import ThreadRunner
@@ -108,6 +111,9 @@ class CeleryRunnerStats:
     dropped: int
     #: Messages waiting for the publisher.
     queued: int
+    #: With ``callback_stats``: by callback name, the callbacks dropped or lost here
+    #: (those published are counted on the workers that run them).
+    callbacks: dict[str, NameStats] | None = None
 
 
 DeadLetter = t.Callable[[dict[str, t.Any]], object]
@@ -131,6 +137,9 @@ class CeleryRunner:
     :param max_pending: messages that may wait for the publisher; past that,
         further ones are dropped rather than delaying responses.
     :param drain_timeout: seconds to keep publishing at interpreter exit.
+    :param callback_stats: True (or a
+        :class:`~wsgi_after.callback_stats.CallbackStats`) adds the callbacks this
+        runner dropped or gave up on, by name, to :meth:`stats`.
 
     Error policy: nothing raises into the server. Every message not published is
     logged at ERROR by request and callback names (the first ones of every 10 s
@@ -148,6 +157,7 @@ class CeleryRunner:
         retry_window: float = 30.0,
         max_pending: int = 10_000,
         drain_timeout: float = 25.0,
+        callback_stats: bool | CallbackStats = False,
     ) -> None:
         if not isinstance(celery_app, celery.Celery):
             raise TypeError(
@@ -200,6 +210,7 @@ class CeleryRunner:
         )
         self._error_log = LossLog(f"publishing it raised an unexpected error; {where}.")
         self._reset()
+        self.callback_stats = for_runner(callback_stats, self)
         lifecycle.register(self)
 
     def _reset(self) -> None:
@@ -250,20 +261,24 @@ class CeleryRunner:
             else:
                 self._queued += 1
         if full:
-            self._lose(payload, self._full_log)
+            self._lose(payload, self._full_log, "dropped")
             return
         self._publisher.submit(_Publish(self, payload, headers, time.monotonic()))
 
     def stats(self) -> CeleryRunnerStats:
         """Counters since this process started using the runner."""
         with self._lock:
-            return CeleryRunnerStats(
+            stats = CeleryRunnerStats(
                 published=self._published,
                 retried=self._retried,
                 dead_lettered=self._dead_lettered,
                 dropped=self._dropped,
                 queued=self._queued,
             )
+        if self.callback_stats is None:
+            return stats
+        by_name = self.callback_stats.snapshot().by_name
+        return dataclasses.replace(stats, callbacks=by_name)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every queued message was published (or given up on)."""
@@ -307,6 +322,8 @@ class CeleryRunner:
         """In a child after ``fork()``: fresh counters, lock and publisher state."""
         self._reset()
         self._publisher.reset_after_fork()
+        if self.callback_stats is not None:
+            self.callback_stats.reset()
 
     def _logs(self) -> tuple[LossLog, ...]:
         return (
@@ -389,13 +406,19 @@ class CeleryRunner:
     def _give_up(self, payload: dict[str, t.Any], log: LossLog) -> bool:
         with self._lock:
             self._dead_lettered += 1
-        self._lose(payload, log)
+        self._lose(payload, log, "lost")
         return False
 
-    def _lose(self, payload: dict[str, t.Any], log: LossLog) -> None:
-        """Log a message not published, by names only, and hand it to ``dead_letter``."""
+    def _lose(
+        self, payload: dict[str, t.Any], log: LossLog, kind: events.Kind | None = None
+    ) -> None:
+        """Log a message not published, by names only, emit its callbacks' ``kind``
+        events (None: the publisher did), and hand it to ``dead_letter``."""
         request = _describe(payload)
         log.record([_safe(c["func"]) for c in payload["callbacks"]], request)
+        if kind is not None and events.listeners:
+            names = [_event_name(c["func"]) for c in payload["callbacks"]]
+            events.emit_each(kind, names, payload["method"], payload["path"], self)
         if self.dead_letter is None:
             return
         try:
@@ -438,7 +461,7 @@ class _Publish:
         return [_safe(callback["func"]) for callback in self.payload["callbacks"]]
 
     def discard(self) -> None:
-        """The publisher lost it (shut down before its turn)."""
+        """The publisher lost it (shut down before its turn; it emitted the events)."""
         runner = self.runner
         with runner._lock:
             runner._queued -= 1
@@ -560,6 +583,13 @@ def _trace_headers(chain: Chain) -> dict[str, str]:
     first = next(filter(None, chain.callbacks))
     first[3].run(_propagator.inject, carrier)
     return {key: value for key, value in carrier.items() if key in _TRACE_HEADERS}
+
+
+def _event_name(reference: str) -> str:
+    """The ``module.qualname`` (or task name) events give a callback the message names."""
+    if reference.startswith("task:"):
+        return reference[len("task:") :]
+    return reference.replace(":", ".", 1)
 
 
 def _describe(payload: dict[str, t.Any]) -> str:

@@ -37,6 +37,7 @@ import typing as t
 import weakref
 
 from . import events, lifecycle
+from .callback_stats import CallbackStats, NameStats, Percentiles, for_runner
 from .losslog import LossLog
 from .naming import callback_name
 
@@ -90,7 +91,12 @@ class Task(t.Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class RunnerStats:
-    """A snapshot of a :class:`ThreadRunner`; counts are of tasks (one per request)."""
+    """A snapshot of a :class:`ThreadRunner` or an :class:`InlineRunner`; counts are of
+    tasks (one per request), except in the per-callback fields.
+
+    The per-callback fields are None unless the runner was built with
+    ``callback_stats`` (see :mod:`wsgi_after.callback_stats`).
+    """
 
     #: Tasks waiting for a worker.
     queued: int
@@ -106,6 +112,25 @@ class RunnerStats:
     max_queue_delay: float
     #: Callbacks seen running longer than ``slow_callback`` (each counted once).
     hung: int = 0
+    #: Counts and timings by callback name (at most ``max_names``, then ``"other"``).
+    callbacks: dict[str, NameStats] | None = None
+    #: Percentiles of the seconds from the response's close to each callback's start,
+    #: over the most recent callbacks.
+    queue_delay: Percentiles | None = None
+    #: Percentiles of the callbacks' run times, over the most recent callbacks.
+    run_time: Percentiles | None = None
+
+
+def callback_fields(stats: CallbackStats | None) -> dict[str, t.Any]:
+    """The per-callback fields of :class:`RunnerStats` from a runner's statistics."""
+    if stats is None:
+        return {}
+    snapshot = stats.snapshot()
+    return {
+        "callbacks": snapshot.by_name,
+        "queue_delay": snapshot.queue_delay,
+        "run_time": snapshot.run_time,
+    }
 
 
 def describe_task(task: object) -> tuple[str, list[str]]:
@@ -118,13 +143,14 @@ def describe_task(task: object) -> tuple[str, list[str]]:
     )
 
 
-def record_loss(log: LossLog, kind: events.Kind, task: object) -> None:
-    """Log a task's callbacks as not run (aggregated), emit their events, forget it."""
+def record_loss(log: LossLog, kind: events.Kind, task: object, runner: object = None) -> None:
+    """Log a task's callbacks as not run (aggregated), emit their events (of
+    ``runner``), forget it."""
     request, names = describe_task(task)
     log.record(names, request)
     if events.listeners:
         method, _, path = request.partition(" ")
-        events.emit_each(kind, names, method, path)
+        events.emit_each(kind, names, method, path, runner)
     _discard(task)
 
 
@@ -156,6 +182,15 @@ def run_task(task: t.Callable[[], object], *, in_caller: bool = False) -> bool:
         if in_caller and isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
         return False
+
+
+def run_here(runner: object, task: t.Callable[[], object], *, in_caller: bool = True) -> bool:
+    """:func:`run_task` for ``runner`` in a thread not its own: its callbacks'
+    events name ``runner`` (while someone listens)."""
+    if not events.listeners:
+        return run_task(task, in_caller=in_caller)
+    with events.running_for(runner):
+        return run_task(task, in_caller=in_caller)
 
 
 def _leave_forked_child(error: BaseException | None) -> t.NoReturn:
@@ -202,6 +237,7 @@ def _work(
     """A worker thread's loop. It holds its runner only weakly between tasks, so a
     runner nobody uses any more (a freed app's) is freed, and its threads end."""
     worker.ident = threading.get_ident()
+    events.set_runner(ref())  # once: the events of the callbacks run here name it
     monotonic = time.monotonic
     while True:
         try:
@@ -345,8 +381,14 @@ class ThreadRunner:
         once at WARNING with its name, request and stack, and counted in
         ``stats().hung`` (threads cannot be killed, but they can be seen). Off
         (None) by default: it costs a watchdog thread.
+    :param callback_stats: True (or a
+        :class:`~wsgi_after.callback_stats.CallbackStats`, for its options) to
+        count this runner's callbacks by name and keep percentiles of their
+        queue delays and run times, in :meth:`stats`. Off by default: it makes
+        every callback emit its events.
     :param name: prefix of the worker threads' names.
     :raises ValueError: if an option is out of range.
+    :raises TypeError: if ``callback_stats`` is not a bool or a ``CallbackStats``.
     """
 
     def __init__(
@@ -358,6 +400,7 @@ class ThreadRunner:
         drain_timeout: float = 25.0,
         idle_timeout: float = 60.0,
         slow_callback: float | None = None,
+        callback_stats: bool | CallbackStats = False,
         name: str = "wsgi-after",
     ) -> None:
         if max_workers is None:
@@ -381,6 +424,7 @@ class ThreadRunner:
         self._drops = LossLog(f"the queue is full (max_pending={max_pending}).")
         self._lost = LossLog(f"{name!r} shut down before its turn.")
         self._reset()
+        self.callback_stats = for_runner(callback_stats, self)
         lifecycle.register(self)
 
     def _reset(self) -> None:
@@ -413,7 +457,11 @@ class ThreadRunner:
         self._drops.reset()
         self._lost.reset()
 
-    reset_after_fork = _reset
+    def reset_after_fork(self) -> None:
+        """In a child after ``fork()``: its own threads, queue, locks and counters."""
+        self._reset()
+        if self.callback_stats is not None:
+            self.callback_stats.reset()
 
     #: It takes any callback: after() looks this up on every call, and a missing
     #: attribute costs more than None.
@@ -453,15 +501,15 @@ class ThreadRunner:
                 request,
                 self.name,
             )
-            run_task(fn, in_caller=True)
+            run_here(self, fn)
         elif (
             not self._live or self.on_full == "run"
         ):  # no worker thread could be started: run it here
-            run_task(fn, in_caller=True)
+            run_here(self, fn)
         elif self.on_full == "drop":
             with self._lock:
                 self._dropped += 1
-            record_loss(self._drops, "dropped", fn)
+            record_loss(self._drops, "dropped", fn, self)
         elif self._in_worker():
             if not self._warned_reentry:
                 self._warned_reentry = True
@@ -575,7 +623,10 @@ class ThreadRunner:
         )
         if events.listeners:
             method, _, path = request.partition(" ")
-            events.emit(events.CallbackEvent("slow", name, method, path, run_time=running_for))
+            slow = events.CallbackEvent(
+                "slow", name, method, path, run_time=running_for, runner=self
+            )
+            events.emit(slow)
         with self._lock:  # counted once it is logged: whoever sees the count sees the line
             self._hung += 1
 
@@ -630,7 +681,8 @@ class ThreadRunner:
                 self._idle_waiters -= 1
 
     def stats(self) -> RunnerStats:
-        """Counters since this process started using the runner."""
+        """Counters since this process started using the runner (and, with
+        ``callback_stats``, its callbacks by name)."""
         with self._lock:
             queued = self._queue.qsize()
             unfinished = self._unfinished()
@@ -645,6 +697,7 @@ class ThreadRunner:
             dropped=dropped,
             max_queue_delay=max(w.max_delay for w in workers),
             hung=hung,
+            **callback_fields(self.callback_stats),
         )
 
     def shutdown(self, timeout: float | None = None) -> bool:
@@ -709,7 +762,7 @@ class ThreadRunner:
             if item is not None:
                 lost.append(item[0])
         for fn in lost:
-            record_loss(self._lost, "lost", fn)
+            record_loss(self._lost, "lost", fn, self)
         with self._lock:
             self._lost_count += len(lost)
             running = [(w.current, w.ident) for w in self._threads if w.current is not None]
@@ -744,13 +797,47 @@ class InlineRunner:
     that raises is logged, as with :class:`ThreadRunner`; a
     ``KeyboardInterrupt`` or ``SystemExit`` is raised again in the server's
     thread after the request's other callbacks ran.
+
+    :param callback_stats: as :class:`ThreadRunner`'s: True (or a
+        :class:`~wsgi_after.callback_stats.CallbackStats`) adds this runner's
+        callbacks by name to :meth:`stats`.
+    :raises TypeError: if ``callback_stats`` is not a bool or a ``CallbackStats``.
     """
 
     check_callback = None  # takes any callback (see ThreadRunner's)
 
+    def __init__(self, *, callback_stats: bool | CallbackStats = False) -> None:
+        self._lock = threading.Lock()
+        self._running = self._completed = self._failed = 0
+        self.callback_stats = for_runner(callback_stats, self)
+
     def submit(self, fn: t.Callable[[], object], /) -> None:
         """Run ``fn`` now."""
-        run_task(fn, in_caller=True)
+        with self._lock:
+            self._running += 1
+        ok = False
+        try:
+            ok = run_here(self, fn)
+        finally:
+            with self._lock:
+                self._running -= 1
+                self._completed += 1
+                self._failed += not ok
+
+    def stats(self) -> RunnerStats:
+        """Counters since the runner was built: ``queued`` is always 0, and
+        ``dropped`` too (nothing waits, nothing is refused)."""
+        with self._lock:
+            running, completed, failed = self._running, self._completed, self._failed
+        return RunnerStats(
+            queued=0,
+            running=running,
+            completed=completed,
+            failed=failed,
+            dropped=0,
+            max_queue_delay=0.0,
+            **callback_fields(self.callback_stats),
+        )
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Always True: nothing is ever pending."""
