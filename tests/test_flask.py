@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import typing as t
 import weakref
@@ -574,3 +575,135 @@ def test_after_in_teardown_request_runs_once_and_does_not_loop(
     ignored = [r for r in caplog.records if r.getMessage().startswith("Ignored 'after(")]
     assert len(ignored) == 1  # logged once per request, at DEBUG
     assert ignored[0].levelname == "DEBUG"
+
+
+def _environ(path: str, user: str) -> dict[str, t.Any]:
+    from werkzeug.test import EnvironBuilder
+
+    return EnvironBuilder(path=path, headers=[("X-User", user)]).get_environ()
+
+
+def test_callback_reads_its_request_after_the_server_reused_the_environ() -> None:
+    # uWSGI clears and refills the same environ dict for its next request once the
+    # response is closed: the callback, and the headers the view passed it, read the
+    # snapshot of their own request.
+    runner = ThreadRunner(max_workers=1, name="test-flask-reuse")
+    app = Flask(__name__)
+    After(app, runner=runner)
+    gate, done = threading.Event(), threading.Event()
+    seen: dict[str, t.Any] = {}
+
+    def audit(headers: t.Any) -> None:
+        seen.update(
+            header=request.headers["X-User"],
+            passed=headers["X-User"],
+            path=request.path,
+            environ=request.environ["PATH_INFO"],
+        )
+        done.set()
+
+    @app.get("/orders")
+    def orders() -> str:
+        after(audit, request.headers)
+        return "ok"
+
+    try:
+        runner.submit(lambda: gate.wait(10))  # the worker waits: the server goes first
+        environ = _environ("/orders", "ada")
+        response = app(environ, lambda status, headers, exc_info=None: lambda data: None)
+        assert b"".join(response) == b"ok"
+        response.close()  # type: ignore[attr-defined]
+        environ.clear()
+        environ.update(_environ("/next", "mallory"))
+        gate.set()
+        assert done.wait(10)
+    finally:
+        gate.set()
+        runner.shutdown(5)
+    assert seen == {"header": "ada", "passed": "ada", "path": "/orders", "environ": "/orders"}
+
+
+def test_callback_context_builds_nothing_of_the_request_again() -> None:
+    # Flask < 3.2: the request's own request context stays current for the callback,
+    # so no URL adapter is bound and nothing is routed again; Flask 3.2's one
+    # context binds its URL adapter again (its routing is kept).
+    bound: list[str] = []
+
+    class CountingFlask(Flask):
+        def create_url_adapter(self, request: t.Any) -> t.Any:
+            if request is not None:
+                bound.append(request.path)
+            return super().create_url_adapter(request)
+
+    app = CountingFlask(__name__)
+    app.config.update(AFTER_INLINE=True)
+    After(app)
+    seen: list[t.Any] = []
+
+    def record() -> None:
+        rule = request.url_rule
+        assert rule is not None
+        seen.append((rule.rule, request.view_args, flask.url_for("order", n=2)))
+
+    @app.get("/orders/<int:n>")
+    def order(n: int) -> str:
+        after(record)
+        return ""
+
+    app.test_client().get("/orders/1", buffered=True)
+    assert seen == [("/orders/<int:n>", {"n": 1}, "/orders/2")]
+    merged = hasattr(flask.ctx.AppContext, "has_request")  # Flask 3.2
+    assert bound == ["/orders/1"] * (2 if merged else 1)
+
+
+def test_teardown_request_of_a_callback_sees_its_request_and_its_g() -> None:
+    app = make_app()
+    After(app)
+    seen: list[tuple[str, str, str | None]] = []
+
+    @app.teardown_request
+    def teardown(exc: BaseException | None) -> None:
+        seen.append((request.path, g.user, type(exc).__name__ if exc else None))
+
+    def change() -> None:
+        g.user = "callback"
+        raise LookupError("x")
+
+    @app.get("/orders")
+    def orders() -> str:
+        g.user = "ada"
+        after(change)
+        return ""
+
+    app.test_client().get("/orders", buffered=True)
+    assert seen == [("/orders", "ada", None), ("/orders", "callback", "LookupError")]
+
+
+def test_callback_failure_is_logged_inside_its_request(log: pytest.LogCaptureFixture) -> None:
+    # A log filter or handler that reads the request (a request id, the user) can.
+    app = make_app()
+    After(app)
+    paths: list[str | None] = []
+
+    class RequestPath(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            paths.append(request.path if flask.has_request_context() else None)
+            return True
+
+    def fails() -> None:
+        raise ValueError("x")
+
+    @app.get("/orders")
+    def orders() -> str:
+        after(fails)
+        return ""
+
+    logger = logging.getLogger("wsgi_after")
+    path_filter = RequestPath()
+    logger.addFilter(path_filter)
+    try:
+        app.test_client().get("/orders", buffered=True)
+    finally:
+        logger.removeFilter(path_filter)
+    assert paths == ["/orders"]
+    assert "Callback 'tests.test_flask.test_callback_failure" in log.records[-1].getMessage()

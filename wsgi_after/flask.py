@@ -36,7 +36,6 @@ parsed during the request; a body never read during the request reads as empty.
 
 from __future__ import annotations
 
-import contextvars
 import io
 import time
 import types
@@ -46,6 +45,7 @@ import weakref
 import flask
 import flask.ctx
 from flask import Flask, got_request_exception
+from flask.globals import app_ctx
 from werkzeug.datastructures import EnvironHeaders
 
 from . import current_chain
@@ -55,26 +55,23 @@ from .runner import InlineRunner, Runner, ThreadRunner
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-#: Flask 3.2 merged the request context into the app context (``AppContext(app,
-#: request=..., session=...)``); earlier versions push an app context, then a
-#: ``RequestContext(app, environ, request=..., session=...)``.
+#: Flask 3.2 merged the request context into the app context: ``AppContext(app,
+#: request=..., session=...)`` holds the request; earlier versions keep it in a
+#: separate ``RequestContext``.
 _MERGED_CONTEXTS = hasattr(flask.ctx.AppContext, "has_request")
-_ContextBase: t.Any = flask.ctx.AppContext if _MERGED_CONTEXTS else flask.ctx.RequestContext
+
+#: Flask's proxies, typed loosely: ``_get_current_object()``, werkzeug's public way
+#: to the object a proxy stands for, is in Flask's types from 3.2 on only.
+_request: t.Any = flask.request
+_session: t.Any = flask.session
+_app_ctx: t.Any = app_ctx
 
 
-class _RoutedContext(_ContextBase):  # type: ignore[misc]
-    """Flask's request context for a request that was already routed."""
+class _RoutedContext(flask.ctx.AppContext):
+    """Flask 3.2's context for a request that was already routed."""
 
     def match_request(self) -> None:
         """Keep the request's own ``url_rule`` and ``view_args`` (no second routing)."""
-
-
-#: What the request left for its callbacks: its app, request, session and ``g``.
-#: Set while a callback runs, so that ``after()`` inside a callback (whose
-#: snapshot holds the callback's context) still starts from the request's own.
-_request_state: contextvars.ContextVar[tuple[Flask, t.Any, t.Any, t.Any] | None] = (
-    contextvars.ContextVar("wsgi_after.flask.request_state", default=None)
-)
 
 
 class After:
@@ -156,7 +153,7 @@ class After:
                     drain_timeout=app.config["AFTER_DRAIN_TIMEOUT"],
                     name=f"wsgi-after-{app.name}",
                 )
-        inner = _FlaskApp(app, app.wsgi_app)
+        inner = _wsgi_app(app, app.wsgi_app)
         app.wsgi_app = AfterMiddleware(inner, runner=runner)  # type: ignore[method-assign]
         got_request_exception.connect(_record_error, app)
         app.extensions["wsgi_after"] = self
@@ -197,7 +194,7 @@ class After:
         return ok
 
 
-class _FlaskApp:
+def _wsgi_app(app: Flask, wsgi_app: t.Any) -> t.Callable[..., t.Any]:
     """``app.wsgi_app`` as the middleware calls it, holding the app weakly.
 
     ``AfterMiddleware(app.wsgi_app)`` stored on the app would make a cycle (app
@@ -206,30 +203,36 @@ class _FlaskApp:
     weak reference instead (another middleware already in ``app.wsgi_app`` is
     kept as it is). It also gives each request's chain the callback context
     (:class:`_CallbackContext`), a per-app constant: nothing is built per request.
+    A plain function, not an object with ``__call__``: the middleware's call to it
+    is Python calling Python, the cheapest call there is.
     """
+    app_ref = weakref.ref(app)
+    scope = _CallbackContext.for_app(app_ref)
+    if not (isinstance(wsgi_app, types.MethodType) and wsgi_app.__self__ is app):
+        inner = wsgi_app
 
-    __slots__ = ("_app", "_func", "_inner", "_scope")
+        def wrapped_wsgi_app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+            chain = environ.get("wsgi_after.chain")
+            if chain is not None and chain.scope is None:
+                chain.scope = scope
+            return inner(environ, start_response)
 
-    def __init__(self, app: Flask, wsgi_app: t.Any) -> None:
-        self._app = weakref.ref(app)
-        own = isinstance(wsgi_app, types.MethodType) and wsgi_app.__self__ is app
-        self._func: t.Any = wsgi_app.__func__ if own else None
-        self._inner: t.Any = None if own else wsgi_app
-        self._scope = _CallbackContext.factory(self._app)
+        return wrapped_wsgi_app
+    func = wsgi_app.__func__  # the function: the closure holds no reference to the app
 
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+    def own_wsgi_app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
         chain = environ.get("wsgi_after.chain")
         if chain is not None and chain.scope is None:
-            chain.scope = self._scope
-        if self._func is None:
-            return self._inner(environ, start_response)
-        app = self._app()
+            chain.scope = scope
+        app = app_ref()
         if app is None:
             raise RuntimeError(
                 "The Flask app of this 'wsgi_app' was freed. Keep a reference to the app"
                 " while it serves requests."
             )
-        return self._func(app, environ, start_response)
+        return func(app, environ, start_response)
+
+    return own_wsgi_app
 
 
 def _record_error(sender: Flask, exception: BaseException, **extra: object) -> None:
@@ -239,89 +242,113 @@ def _record_error(sender: Flask, exception: BaseException, **extra: object) -> N
         chain.error = exception
 
 
-def _unproxied(proxy: object) -> t.Any:
-    """The object a Flask proxy (``request``, ``g``...) stands for now."""
-    return proxy._get_current_object()  # type: ignore[attr-defined]
-
-
 class _CallbackContext:
     """The context a callback runs in: a new Flask context for the request.
 
     Entered inside the callback's :mod:`contextvars` snapshot, taken by
     ``after()`` during the request, where Flask's proxies still point at the
-    request's context: from them it takes the app, the request, the session
-    and ``g``, then pushes a new context with the same request and session and a
-    shallow copy of ``g``. Popping it runs the teardown handlers once.
+    request's context: from them it takes the app, the request and ``g``. Flask
+    2.3 to 3.1 keep the request's own request context current in the snapshot,
+    so ``request``, ``session`` and ``url_for`` already work there: only an app
+    context is pushed over it, for a shallow copy of ``g``, as ``with
+    app.app_context():`` inside a view does. Leaving runs ``teardown_request``
+    (:meth:`~flask.Flask.do_teardown_request`, as the request context's pop
+    would), then pops the app context, which runs ``teardown_appcontext``.
+    Nothing of the request is built again: no werkzeug request, no URL adapter,
+    no routing, no session. Flask 3.2, whose one context holds both, gets a new
+    context with the same request and session (its URL adapter built again, its
+    routing not), whose pop runs both teardowns.
 
     A callback queued where no Flask request is current (a plain generator
     body, an outer WSGI middleware) gets ``app.request_context()`` for the
     request's environ: the request rebuilt, its body empty, the session as the
     client sent it.
+
+    Each app gets its own subclass (:meth:`for_app`), holding the app weakly:
+    the class itself is the zero-argument factory ``chain.scope`` wants, and
+    making one costs no Python call.
     """
 
-    __slots__ = ("_app", "_contexts", "_token")
+    __slots__ = ("_exit",)
 
-    def __init__(self, app: weakref.ref[Flask]) -> None:
-        self._app = app
-        self._contexts: list[t.Any] = []
-        self._token: contextvars.Token[t.Any] | None = None
+    #: The app of the requests (for a request rebuilt without a Flask context).
+    _app: t.ClassVar[weakref.ref[Flask]]
+
+    #: What to undo on leaving: the context pushed, the app whose
+    #: ``teardown_request`` handlers run (Flask < 3.2), and an app context pushed
+    #: under a rebuilt request's.
+    _exit: tuple[t.Any, Flask | None, t.Any]
 
     @classmethod
-    def factory(cls, app: weakref.ref[Flask]) -> t.Callable[[], _CallbackContext]:
-        """A zero-argument factory, as ``chain.scope`` wants."""
-        return lambda: cls(app)
+    def for_app(cls, app: weakref.ref[Flask]) -> type[_CallbackContext]:
+        """The callback context class of one app."""
+        return type(cls.__name__, (cls,), {"__slots__": (), "_app": app})
 
     def __enter__(self) -> None:
-        state = _request_state.get()
-        if state is None and flask.has_request_context():
-            state = (
-                _unproxied(flask.current_app),
-                _unproxied(flask.request),
-                _unproxied(flask.session),
-                _unproxied(flask.g),
-            )
-        if state is None:
-            self._push_rebuilt()
+        try:
+            request = _request._get_current_object()
+        except RuntimeError:  # no Flask request here: build one
+            self._enter_rebuilt()
             return
-        app, request, session, request_g = state
-        # The server has moved on: never read its input stream now. A body parsed
-        # during the request is cached on the request; one never read reads as empty.
-        request.stream = io.BytesIO()
+        current = _app_ctx._get_current_object()
+        app = current.app
+        # A callback's own app context holds the request's g (set below): a callback
+        # queued by that callback starts from it, not from the callback's copy. It
+        # travels with the context in the queued callback's contextvars snapshot (a
+        # context variable set per callback would cost more).
+        request_g = getattr(current, "wsgi_after_request_g", None)
+        if request_g is None:
+            request_g = current.g
         chain = current_chain()
         snapshot = chain.environ if chain is not None else None
-        if snapshot is not None and request.environ is not snapshot:
-            # Servers may clear and reuse their environ dict once the response closed
-            # (uWSGI): from now on the request reads the chain's snapshot, headers too
-            # (werkzeug's cached headers are a live view of the environ they were made on).
-            request.environ = snapshot
-            request.headers = EnvironHeaders(snapshot)
+        if request.environ is not snapshot:  # the request's first callback
+            if snapshot is not None:
+                # Servers may clear and reuse their environ dict once the response
+                # closed (uWSGI): from now on the request reads the chain's snapshot,
+                # and so do its headers (a live view of an environ), also where the
+                # view passed them on to a callback.
+                request.environ = snapshot
+                headers = request.headers
+                if type(headers) is EnvironHeaders:
+                    headers.environ = snapshot
+                else:
+                    request.headers = EnvironHeaders(snapshot)
+            # The server has moved on: never read its input stream now. A body parsed
+            # during the request is cached on the request; one never read reads as empty.
+            request.stream = io.BytesIO()
         if _MERGED_CONTEXTS:
-            self._push(_RoutedContext(app, request=request, session=session))
+            session = _session._get_current_object()
+            context: t.Any = _RoutedContext(app, request=request, session=session)  # type: ignore[call-arg]
+            teardown = None  # its pop runs teardown_request
         else:
-            self._push(app.app_context())  # a new g, and teardown_appcontext on pop
-            self._push(_RoutedContext(app, request.environ, request=request, session=session))
-        vars(_unproxied(flask.g)).update(vars(request_g))
-        self._token = _request_state.set(state)
+            context = app.app_context()  # a new g, and teardown_appcontext on pop
+            teardown = app
+        context.wsgi_after_request_g = request_g
+        context.push()
+        vars(context.g).update(vars(request_g))
+        self._exit = (context, teardown, None)
 
-    def _push_rebuilt(self) -> None:
+    def _enter_rebuilt(self) -> None:
         app = self._app()
-        if app is None:
-            return
         chain = current_chain()
         environ = chain.environ if chain is not None else None
-        if environ is None:
-            self._push(app.app_context())
-            return
-        environ = dict(environ)
-        environ["wsgi.input"] = io.BytesIO()
-        environ["CONTENT_LENGTH"] = "0"
-        if not _MERGED_CONTEXTS:
-            self._push(app.app_context())
-        self._push(app.request_context(environ))
-
-    def _push(self, context: t.Any) -> None:
-        context.push()
-        self._contexts.append(context)
+        context: t.Any = None
+        outer = None
+        if app is None:
+            pass
+        elif environ is None:
+            context = app.app_context()
+            context.push()
+        else:
+            environ = dict(environ)
+            environ["wsgi.input"] = io.BytesIO()
+            environ["CONTENT_LENGTH"] = "0"
+            if not _MERGED_CONTEXTS:
+                outer = app.app_context()  # a new g, whatever app context is current
+                outer.push()
+            context = app.request_context(environ)
+            context.push()
+        self._exit = (context, None, outer)
 
     def __exit__(
         self,
@@ -329,7 +356,15 @@ class _CallbackContext:
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> None:
-        if self._token is not None:
-            _request_state.reset(self._token)
-        while self._contexts:
-            self._contexts.pop().pop(exc)
+        context, teardown, outer = self._exit
+        if context is None:
+            return
+        try:
+            if teardown is not None:
+                teardown.do_teardown_request(exc)
+        finally:
+            try:
+                context.pop(exc)
+            finally:
+                if outer is not None:
+                    outer.pop(exc)
