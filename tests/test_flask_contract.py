@@ -502,3 +502,38 @@ def test_shutdown_stops_a_two_step_runner_then_drains_it_by_one_deadline() -> No
     assert deadline is not None
     assert 0 < deadline - time.monotonic() <= 7  # its drain_timeout (7 s) from the call
     assert runner.shutdowns == []
+
+
+@pytest.mark.parametrize("how", ["argument", "drain_timeout"])
+def test_shutdown_with_an_infinite_timeout_waits_without_limit(how: str) -> None:
+    app = Flask(__name__)
+    if how == "argument":
+        ext = After(app, drain_timeout=5)
+        timeout: float | None = float("inf")
+    else:
+        ext = After(app, drain_timeout=float("inf"))
+        timeout = None
+    ran = threading.Event()
+
+    @app.get("/")
+    def index() -> str:
+        after(ran.set)
+        return "ok"
+
+    app.test_client().get("/", buffered=True)
+    assert ext.shutdown(timeout=timeout) is True
+    assert ran.is_set()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1.0])
+def test_shutdown_refuses_a_nan_or_negative_timeout_before_stopping_anything(bad: float) -> None:
+    app = Flask(__name__)
+    ext = After(app)
+    with pytest.raises(ValueError, match="'timeout' must be a number of seconds"):
+        ext.shutdown(timeout=bad)
+    runner = ext.get_runner(app)
+    assert isinstance(runner, ThreadRunner)
+    ran = threading.Event()
+    runner.submit(ran.set)  # still running: not stopped by the refused call
+    assert ran.wait(TIMEOUT)
+    assert ext.shutdown(timeout=TIMEOUT) is True

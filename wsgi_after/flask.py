@@ -37,6 +37,7 @@ parsed during the request; a body never read during the request reads as empty.
 from __future__ import annotations
 
 import io
+import math
 import time
 import types
 import typing as t
@@ -48,7 +49,7 @@ from flask import Flask, got_request_exception
 from flask.globals import app_ctx
 from werkzeug.datastructures import EnvironHeaders
 
-from . import current_chain
+from . import current_chain, lifecycle
 from .middleware import AfterMiddleware
 from .runner import InlineRunner, Runner, ThreadRunner
 
@@ -174,12 +175,16 @@ class After:
         as at exit. A runner shared between apps is stopped once.
 
         :returns: True if every queued callback ran.
+        :raises ValueError: if ``timeout`` is NaN or negative (``inf``: no limit).
         """
         runners = [self._runners[app]] if app is not None else list(self._runners.values())
         stopping = list(dict.fromkeys(runners))  # a shared runner once
         if timeout is None:
-            timeout = max((getattr(r, "drain_timeout", 0.0) for r in stopping), default=0.0)
-        deadline = time.monotonic() + timeout
+            longest = max((getattr(r, "drain_timeout", 0.0) for r in stopping), default=0.0)
+            limit = lifecycle.check_timeout(longest, "drain_timeout")
+        else:
+            limit = lifecycle.check_timeout(timeout)
+        deadline = lifecycle.deadline_after(limit)
         for runner in stopping:  # all stop taking work first, then all drain
             begin = getattr(runner, "begin_shutdown", None)
             if begin is not None:
@@ -190,7 +195,8 @@ class After:
             if finish is not None:
                 ok = finish(deadline) and ok
             else:
-                ok = runner.shutdown(max(0.0, deadline - time.monotonic())) and ok
+                left = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
+                ok = runner.shutdown(left) and ok
         return ok
 
 
