@@ -325,31 +325,6 @@ def test_len_only_when_the_inner_iterable_has_it() -> None:
     unsized.close()
 
 
-class Proxy:
-    """An iterable that forwards attribute lookups, ``__len__`` included, to a list:
-    ``len()`` does not look there, so it has no length."""
-
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-
-    def __getattr__(self, name: str) -> t.Any:
-        return getattr(self.chunks, name)
-
-    def __iter__(self) -> t.Iterator[bytes]:
-        return iter(self.chunks)
-
-
-def test_len_only_when_len_works_on_the_inner_iterable() -> None:
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Proxy:
-        start_response("200 OK", [])
-        return Proxy([b"a"])
-
-    response = call(AfterMiddleware(app, runner=InlineRunner()))
-    assert not hasattr(response, "__len__")  # a server would call len() and fail
-    assert list(response) == [b"a"]
-    response.close()
-
-
 def test_file_wrapper_response_is_returned_unwrapped() -> None:
     ran: list[Outcome | None] = []
 

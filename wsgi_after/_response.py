@@ -61,7 +61,7 @@ class ClosingResponse:
             self.completed = True
             return result
         self._inner = result
-        if hasattr(type(result), "__len__"):  # as len() looks it up
+        if type(result) is list or hasattr(result, "__len__"):  # (the commonest first)
             self.__class__ = self.sized
         return self
 
