@@ -1242,3 +1242,57 @@ def test_an_executors_error_names_callbacks_that_already_ran(
     assert record.getMessage() == (
         "Callbacks ['builtins.print'] queued by 'GET /early': the executor reported an error."
     )
+
+
+class SizedBody:
+    """A body with ``len()`` whose iteration runs app code: it queues a callback."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        after(print, "sent")
+        yield b"ok"
+
+
+def test_a_sized_body_that_queues_keeps_len_and_is_reported_if_never_closed(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> SizedBody:
+        start_response("200 OK", [])
+        return SizedBody()
+
+    def serve_without_close() -> None:
+        iterable = call(AfterMiddleware(app, runner=InlineRunner()), make_environ("/sized"))
+        assert len(iterable) == 1
+        assert b"".join(iterable) == b"ok"  # the first after() comes after wrap()
+        assert len(iterable) == 1
+
+    contextvars.copy_context().run(serve_without_close)
+    gc.collect()
+    [message] = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert message.startswith(
+        "Callback 'builtins.print' queued by 'GET /sized' was not run: the server never"
+        " called close() on the response (PEP 3333)"
+    )
+
+
+def test_only_a_chain_that_queued_has_a_finalizer() -> None:
+    # A request that queues nothing pays for no __del__ when its chain is freed.
+    chains: list[t.Any] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        if environ["PATH_INFO"] == "/queues":
+            after(print, end="")
+        chains.append(environ["wsgi_after.chain"])
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    middleware = AfterMiddleware(app, runner=InlineRunner())
+    serve(middleware, "/nothing")
+    serve(middleware, "/queues")
+    quiet, queued = chains
+    assert not hasattr(quiet, "__del__")
+    assert hasattr(queued, "__del__")
+    assert hasattr(type(quiet), "__len__")  # still the sized variant, as the body was
+    assert hasattr(type(queued), "__len__")

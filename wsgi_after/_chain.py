@@ -73,6 +73,13 @@ _handover = threading.Lock()
 
 _forced_runner: Submits | None = None
 
+# Looked up once, not per after() call.
+_copy_context = contextvars.copy_context
+_get_ident = threading.get_ident
+_Executor = concurrent.futures.Executor
+_Future = concurrent.futures.Future
+_CO_ASYNC_GENERATOR = inspect.CO_ASYNC_GENERATOR
+
 _never_closed = LossLog(
     "the server never called close() on the response (PEP 3333), so it cannot be known"
     " that the response was sent; the callbacks are not run. Use a server or gateway"
@@ -134,6 +141,10 @@ class Chain(ClosingResponse):
         "token",
     )
 
+    #: The subclass with ``__del__`` (and :class:`PendingChain`) that the request's
+    #: first :func:`after` switches to; every subclass names its own.
+    pending: t.ClassVar[type[Chain]]
+
     def __init__(
         self,
         environ: WSGIEnvironment,
@@ -141,12 +152,11 @@ class Chain(ClosingResponse):
         start_response: StartResponse,
         max_callbacks: int = MAX_CALLBACKS,
     ) -> None:
-        # ClosingResponse's fields (it has no __init__: a Python call less per request).
-        self._inner = ()
+        # Only what a request that queues nothing reads, and the public fields: every
+        # write here is paid by every request. ``_inner`` is set by wrap(), ``thread``
+        # when the chain runs.
         self._once = [None]
         self.completed = False
-        self.error = None
-        self.file_response = None
         #: ``(func, args, kwargs, context)`` tuples in registration order; an entry
         #: becomes None once it has run, so that its arguments are freed.
         self.callbacks: list[Callback | None] = []
@@ -156,25 +166,26 @@ class Chain(ClosingResponse):
         #: Where :meth:`on_close` submits the chain.
         self.runner = runner
         self._start_response: StartResponse | None = start_response
+        self.max_callbacks = max_callbacks
         #: The status line the server accepted from ``start_response``.
         self.status: str | None = None
         #: Integrations' seam: a factory of the context manager entered around each
         #: callback (the Flask extension pushes the request context with it).
         self.scope: t.Callable[[], t.ContextManager[object]] | None = None
-        self.state = OPEN
-        #: Index of the callback running now (or of the next to run).
-        self.started = 0
-        #: The thread running the callbacks, while RUNNING.
-        self.thread = 0
         #: The :data:`CURRENT` token to reset when the response closes.
         self.token: contextvars.Token[Chain | None] | None = None
-        self.max_callbacks = max_callbacks
-        #: ``time.monotonic()`` at close, for the events' queue delay (only while
-        #: someone listens).
-        self.closed_at = 0.0
+        self.error = self.file_response = None
+        #: Index of the callback running now (or of the next to run).
+        self.started = 0
         #: Bit flags: what was already logged once for this chain, and whether a
         #: callback's scope is being torn down.
         self.notes = 0
+        self.state = OPEN
+        #: ``time.monotonic()`` at close, for the events' queue delay (only while
+        #: someone listens).
+        self.closed_at = 0.0
+        #: The thread running the callbacks, while RUNNING (set then).
+        self.thread: int
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
@@ -220,7 +231,7 @@ class Chain(ClosingResponse):
         self._release()
 
     def __call__(self) -> bool:
-        self.thread = threading.get_ident()
+        self.thread = _get_ident()
         self.state = RUNNING
         generation = lifecycle.generation
         callbacks = self.callbacks
@@ -285,20 +296,21 @@ class Chain(ClosingResponse):
             # so that its callback is either seen below or was refused.
             _handover.acquire()
             _handover.release()
-        pending = bool(self.callbacks)
-        self.state = QUEUED if pending else DONE
         token = self.token
         if token is not None:
-            self.token = None
+            self.token = None  # (measured: keeping it costs more per request than this write)
             try:  # noqa: SIM105 (a try costs nothing here; contextlib.suppress does)
                 CURRENT.reset(token)
             except ValueError:
                 pass  # closed from another thread: that context keeps a finished chain
-        if not pending:  # most requests: drop the references at once
+        callbacks = self.callbacks
+        if not callbacks:  # most requests: drop the references at once
+            self.state = DONE
             self.environ = self._start_response = None
             self._inner = ()
             self.file_response = self.error = None
             return
+        self.state = QUEUED
         environ = self.environ
         if environ is not None:
             # Servers may clear and reuse the environ dict once close() returns
@@ -309,7 +321,7 @@ class Chain(ClosingResponse):
             self.closed_at = time.monotonic()
         runner = _forced_runner or self.runner
         watch = None
-        if isinstance(runner, concurrent.futures.Executor):
+        if isinstance(runner, _Executor):
             # Named now: an executor's thread may run the chain before submit() returns.
             watch = _FutureWatch(self.callback_names(), self.describe())
         try:
@@ -328,16 +340,8 @@ class Chain(ClosingResponse):
             if not isinstance(e, Exception):
                 raise
             return
-        if isinstance(result, concurrent.futures.Future):  # an executor, or a duck-typed one
+        if isinstance(result, _Future):  # an executor, or a duck-typed one
             result.add_done_callback(watch or _FutureWatch(self.callback_names(), self.describe()))
-
-    def __del__(self) -> None:
-        if self.state == OPEN and self.callbacks:
-            names = self.callback_names()
-            _never_closed.record(names, self.describe())
-            if events.listeners:
-                events.emit_each("never_closed", names, *self.method_and_path())
-            self.discard()
 
 
 # Chain.notes bits.
@@ -545,7 +549,9 @@ def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
                 "'after()' got arguments for a coroutine object. Pass the coroutine"
                 " function and its arguments instead: 'after(func, *args)'."
             )
-    elif getattr(getattr(func, "__code__", None), "co_flags", 0) & inspect.CO_ASYNC_GENERATOR:
+    elif (code := getattr(func, "__code__", None)) is not None and (
+        code.co_flags & _CO_ASYNC_GENERATOR
+    ):
         raise TypeError(
             f"'after()' cannot run the async generator function '{callback_name(func)}'"
             " to completion. Queue a coroutine function ('async def' with no 'yield')."
@@ -562,18 +568,25 @@ def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
         check = getattr(chain.runner, "check_callback", None)
         if check is not None:  # a runner that sends callbacks elsewhere (CeleryRunner)
             check(func, args, kwargs)
-        entry = (func, args, kwargs, contextvars.copy_context())
+        entry = (func, args, kwargs, _copy_context())
         _handover.acquire()  # not 'with': that costs twice as much, per after()
         try:
             chain.notes |= _APPENDED
             state = chain.state
-            inside = state == RUNNING and chain.thread == threading.get_ident()
+            inside = state == RUNNING and chain.thread == _get_ident()
             if state == OPEN or inside:
                 if inside and chain.notes & _TEARDOWN:
                     refused = _TEARDOWN
                 elif len(chain.callbacks) >= chain.max_callbacks:
                     refused = _WARNED_CAP
                 else:
+                    if state == OPEN and not chain.callbacks:
+                        # The request's first: from now on, a chain freed unclosed logs.
+                        # wrap() switches the class too (sized), in the request's thread;
+                        # each reads the class and sets it with nothing run in between,
+                        # so they do not undo each other (an audit hook run inside the
+                        # set could: then only __len__ or this __del__ would be missing).
+                        chain.__class__ = chain.pending
                     chain.callbacks.append(entry)
                     refused = -1
             else:
@@ -644,7 +657,7 @@ def outcome() -> Outcome | None:
 
 def _in_callback(chain: Chain) -> bool:
     """Whether this thread is running ``chain``'s callbacks now."""
-    return chain.state == RUNNING and chain.thread == threading.get_ident()
+    return chain.state == RUNNING and chain.thread == _get_ident()
 
 
 class SizedChain(SizedMixin, Chain):
@@ -653,4 +666,34 @@ class SizedChain(SizedMixin, Chain):
     __slots__ = ()
 
 
-Chain.sized = SizedChain
+class PendingChain(Chain):
+    """A :class:`Chain` that queued a callback while its request ran.
+
+    :func:`after` switches a chain to it (or to :class:`SizedPendingChain`) at
+    the request's first callback, so that only such chains pay for a
+    ``__del__`` when freed: freed while still open (the server never called
+    ``close()``), it logs its callbacks by name at ERROR and does not run them.
+    """
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        if self.state == OPEN and self.callbacks:
+            names = self.callback_names()
+            _never_closed.record(names, self.describe())
+            if events.listeners:
+                events.emit_each("never_closed", names, *self.method_and_path())
+            self.discard()
+
+
+class SizedPendingChain(SizedMixin, PendingChain):
+    """A :class:`PendingChain` whose app's iterable has ``__len__``."""
+
+    __slots__ = ()
+
+
+# What wrap() (sized) and the first after() (pending) switch each class to.
+Chain.sized, Chain.pending = SizedChain, PendingChain
+SizedChain.sized, SizedChain.pending = SizedChain, SizedPendingChain
+PendingChain.sized, PendingChain.pending = SizedPendingChain, PendingChain
+SizedPendingChain.sized = SizedPendingChain.pending = SizedPendingChain
