@@ -537,3 +537,46 @@ def test_shutdown_refuses_a_nan_or_negative_timeout_before_stopping_anything(bad
     runner.submit(ran.set)  # still running: not stopped by the refused call
     assert ran.wait(TIMEOUT)
     assert ext.shutdown(timeout=TIMEOUT) is True
+
+
+@pytest.mark.parametrize("body", ["view", "plain generator"])
+def test_teardown_handlers_of_a_failing_callback_get_its_exception(
+    body: str, log: pytest.LogCaptureFixture
+) -> None:
+    # As for a request: teardown_request and teardown_appcontext see the error that
+    # ended the callback's context (a database session rolls back instead of committing).
+    app = make_app()
+    After(app)
+    torn_down: list[tuple[str, str, BaseException | None]] = []
+    failure = ValueError("the callback failed")
+
+    @app.teardown_request
+    def teardown_request(exc: BaseException | None) -> None:
+        torn_down.append(("request", request.path, exc))
+
+    @app.teardown_appcontext
+    def teardown_app(exc: BaseException | None) -> None:
+        torn_down.append(("app", request.path if flask.has_request_context() else "-", exc))
+
+    def fail() -> None:
+        raise failure
+
+    @app.get("/view")
+    def view() -> str:
+        after(fail)
+        return "ok"
+
+    @app.get("/stream")
+    def stream() -> flask.Response:
+        def chunks() -> t.Iterator[str]:
+            yield "a"
+            after(fail)
+
+        return flask.Response(chunks())
+
+    path = "/view" if body == "view" else "/stream"
+    app.test_client().get(path, buffered=True)
+    own = [entry for entry in torn_down if entry[2] is failure]
+    assert [kind for kind, _, _ in own] == ["request", "app"], torn_down
+    assert own[0][1] == path
+    assert [r.exc_info[1] for r in log.records if r.exc_info] == [failure]
