@@ -471,15 +471,16 @@ class TimedRunner(LaterRunner):
 
 
 @pytest.mark.parametrize(
-    ("runner", "least", "most"),
+    ("runner_class", "least", "most"),
     [
-        pytest.param(TimedRunner(), 20.0, 30.0, id="its drain_timeout"),
-        pytest.param(LaterRunner(), 0.0, 0.0, id="none: no wait"),
+        pytest.param(TimedRunner, 20.0, 30.0, id="its drain_timeout"),
+        pytest.param(LaterRunner, 0.0, 0.0, id="none: no wait"),
     ],
 )
 def test_shutdown_without_timeout_waits_for_the_runners_drain_timeout(
-    runner: LaterRunner, least: float, most: float
+    runner_class: type[LaterRunner], least: float, most: float
 ) -> None:
+    runner = runner_class()  # one per run: a parameter's object outlives the test
     app = Flask(__name__)
     ext = After(app, runner=runner)
     assert ext.shutdown() is True

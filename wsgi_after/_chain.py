@@ -465,14 +465,21 @@ def _run_observed(
     listener's span is still current)."""
     name = callback_name(func)
     delay = time.monotonic() - chain.closed_at if chain.closed_at else None
-    events.emit(events.CallbackEvent("started", name, method, path, delay))
+    runner = events.current_runner()  # named here, once: emit() would copy each event
+    events.emit(events.CallbackEvent("started", name, method, path, delay, runner=runner))
     started = time.perf_counter()
     error = _run(chain, chain.scope, func, args, kwargs, generation)
     run_time = time.perf_counter() - started
     if error is None:
-        events.emit(events.CallbackEvent("finished", name, method, path, delay, run_time))
+        events.emit(
+            events.CallbackEvent("finished", name, method, path, delay, run_time, runner=runner)
+        )
     else:
-        events.emit(events.CallbackEvent("failed", name, method, path, delay, run_time, error))
+        events.emit(
+            events.CallbackEvent(
+                "failed", name, method, path, delay, run_time, error, runner=runner
+            )
+        )
     return error
 
 

@@ -75,7 +75,12 @@ def main() -> int:
         patterns = SUBSET if options.subset else CORE
     if not options.no_run:
         command = ["mutmut", "run", "--max-children", str(options.max_children), *patterns]
-        subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        run = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if run.returncode:
+            # mutmut's progress lines are many; its failing test run is at the end.
+            tail = run.stdout.decode(errors="replace")[-6000:]
+            print(tail, f"\n{' '.join(command)} exited with {run.returncode}", file=sys.stderr)
+            return 1
     statuses = results(patterns)
     if not statuses:
         print("No mutmut results: run without --no-run first.", file=sys.stderr)
