@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc
+import concurrent.futures
 import os
 import pathlib
 import signal
@@ -12,6 +13,7 @@ import typing as t
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration import poll as polling
 from tests.integration.client import fetch
 from tests.integration.servers import free_port, python, running
 
@@ -43,6 +45,7 @@ def server(tmp_path: pathlib.Path) -> collections.abc.Iterator[Server]:
             yield Server(port, metrics_dir, release)
     finally:
         release.touch()
+        pathlib.Path(f"{release}.request").touch()  # a request held in its view
 
 
 def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -77,14 +80,18 @@ def poll(
 def test_counters_sum_over_workers_gauges_are_live_and_dead_workers_are_cleaned(
     server: Server,
 ) -> None:
-    pids: set[str] = set()
-    sent = 0
-    while len(pids) < 2:  # until both workers have served (and counted) requests
-        assert sent < 200, "gunicorn sent every request to one worker"
-        reply = fetch(server.port, "/work", f"work-{sent}")
-        assert reply.status == 200
-        pids.add(reply.headers["x-pid"])
-        sent += 1
+    # Both workers serve (and count) requests: one is held in its view, so the
+    # next request goes to the other (the kernel may hand every request to one).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(fetch, server.port, "/work-held", "work-held")
+        assert polling.poll(pathlib.Path(f"{server.release}.held").exists, bool), "never held"
+        other = fetch(server.port, "/work", "work-other")
+        pathlib.Path(f"{server.release}.request").touch()
+        replies = [held.result(timeout=30), other]
+    assert [reply.status for reply in replies] == [200, 200]
+    pids = {reply.headers["x-pid"] for reply in replies}
+    assert len(pids) == 2
+    sent = len(replies)
 
     def all_counted(samples: dict[t.Any, float]) -> bool:
         # Every metric of the last callback: a scrape may fall between two of them.

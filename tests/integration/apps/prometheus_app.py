@@ -1,8 +1,10 @@
 """An app exposing wsgi_after's Prometheus metrics, for gunicorn with several workers.
 
 ``/work`` queues a callback that succeeds and one that fails and answers with the
-worker's PID; ``/block`` queues one that waits until the file ``$RELEASE_FILE``
-exists; ``/metrics`` is the multiprocess exposition of every worker.
+worker's PID; ``/work-held`` does the same once the file ``$RELEASE_FILE.request``
+exists, having created ``$RELEASE_FILE.held`` (it holds its sync worker, so the next
+request goes to the other one); ``/block`` queues one that waits until the file
+``$RELEASE_FILE`` exists; ``/metrics`` is the multiprocess exposition of every worker.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ def broken() -> None:
     raise ValueError("broken on purpose")
 
 
-def wait_for_release() -> None:
-    release = pathlib.Path(os.environ["RELEASE_FILE"])
+def wait_for_release(suffix: str = "") -> None:
+    release = pathlib.Path(os.environ["RELEASE_FILE"] + suffix)
     deadline = time.monotonic() + 30
     while not release.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -48,6 +50,9 @@ def inner(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes
     if environ["PATH_INFO"] == "/block":
         after(wait_for_release)
     else:
+        if environ["PATH_INFO"] == "/work-held":
+            pathlib.Path(os.environ["RELEASE_FILE"] + ".held").touch()
+            wait_for_release(".request")
         after(ok)
         after(broken)
     start_response("200 OK", [("Content-Type", "text/plain"), ("X-Pid", str(os.getpid()))])
