@@ -8,7 +8,9 @@ which is only inside a uWSGI process; nothing is needed in the app or the ini fi
   used in the master (a warm-up request, threads started at import) would be dead in
   the workers. uWSGI's post-fork hook (``uwsgidecorators.postfork`` when available,
   else ``uwsgi.post_fork_hook``, chained to any hook already set) calls
-  :func:`wsgi_after.lifecycle.after_fork_in_child` in every worker.
+  :func:`wsgi_after.lifecycle.after_fork_in_child` in every worker. CPython's own state
+  (its GIL) is reset only by ``--py-call-uwsgi-fork-hooks``: without it, a worker forked
+  while a runner's thread in the master takes or drops the GIL can hang (the README).
 * **Exit**: uWSGI calls ``uwsgi.atexit`` (chained to any hook already set) as a
   worker leaves; it drains every runner with :func:`wsgi_after.shutdown_runners`,
   bounded by ``--worker-reload-mercy`` (60 s by default, after which the master
