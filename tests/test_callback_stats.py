@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections.abc
+import contextvars
+import gc
 import threading
 import typing as t
 
@@ -251,3 +253,23 @@ def test_a_bad_callback_stats_option_names_the_fix(make: t.Callable[..., object]
     assert str(info.value) == (
         "'callback_stats' must be True, False or a 'CallbackStats', got 'str'."
     )
+
+
+def test_a_never_closed_response_counts_in_the_process_stats_not_a_runners(
+    stats: CallbackStats,
+) -> None:
+    # Its callbacks never reached a runner: only the whole process's statistics see them.
+    runner = ThreadRunner(max_workers=1, callback_stats=True)
+    try:
+        middleware = AfterMiddleware(queuing(ok), runner=runner)
+
+        def never_closed() -> None:
+            body = middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
+            list(body)  # and dropped without close()
+
+        contextvars.copy_context().run(never_closed)
+        gc.collect()  # the environ refers to its chain: freed by the collector
+        assert stats.snapshot().by_name["tests.helpers.ok"].lost == 1
+        assert runner.stats().callbacks == {}
+    finally:
+        runner.shutdown(TIMEOUT)

@@ -9,12 +9,13 @@ import os
 import pathlib
 import subprocess
 import sys
+import threading
 import typing as t
 
 import pytest
 from celery import Celery
 
-from tests.helpers import serve, wait_for
+from tests.helpers import TIMEOUT, serve, wait_for
 from wsgi_after import AfterMiddleware, after, events
 from wsgi_after.callback_stats import NameStats
 from wsgi_after.celery import (
@@ -303,6 +304,46 @@ def test_messages_dropped_or_given_up_on_are_events_of_the_runner() -> None:
     plain = CeleryRunner(app)
     assert plain.stats().callbacks is None
     plain.shutdown(1)
+
+
+def test_a_message_left_in_the_publisher_at_shutdown_is_one_lost_event_and_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    seen: list[events.CallbackEvent] = []
+    holding, release = threading.Event(), threading.Event()
+
+    def dead_letter(payload: object) -> None:  # the first one holds the publisher thread
+        if not holding.is_set():
+            holding.set()
+            release.wait(TIMEOUT)
+
+    events.subscribe(seen.append)
+    runner = CeleryRunner(
+        app, allow=[HERE], retry_window=0, dead_letter=dead_letter, callback_stats=True
+    )
+    try:
+        wsgi = AfterMiddleware(app_after(module_level, 1), runner=runner)
+        serve(wsgi, "/first")  # given up on at once; its dead letter holds the publisher
+        assert holding.wait(TIMEOUT)
+        serve(wsgi, "/second")  # still queued when the runner shuts down
+        assert runner.shutdown(0) is False
+    finally:
+        release.set()
+        events.unsubscribe(seen.append)
+        runner.shutdown(1)
+    name = f"{HERE}.module_level"
+    second = [(e.kind, e.name, e.method, e.path, e.runner) for e in seen if e.path == "/second"]
+    assert second == [
+        ("queued", name, "GET", "/second", None),
+        ("lost", name, "GET", "/second", runner),
+    ]
+    lines = [r.getMessage() for r in caplog.records if "'GET /second'" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "still queued when the Celery publisher shut down" in lines[0]
+    stats = runner.stats()
+    assert stats.callbacks is not None
+    assert stats.callbacks[name].lost == 2  # /first given up on, /second left queued
 
 
 # The worker side, run in this process: forged messages and the allow list.

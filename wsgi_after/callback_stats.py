@@ -147,7 +147,8 @@ class CallbackStats:
     """Counts and timings of callbacks by name, fed by the callback events.
 
     ``lost`` counts both callbacks lost at shutdown and those of requests whose
-    response the server never closed. ``slow`` counts the callbacks that a
+    response the server never closed; the latter never reached a runner, so only
+    the whole process's statistics count them, not one runner's. ``slow`` counts the callbacks that a
     :class:`~wsgi_after.ThreadRunner` with ``slow_callback`` reported (they are
     counted again when they end). The statistics are of the whole process, all
     runners together, unless installed for one runner (``install(runner)``, what

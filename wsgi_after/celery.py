@@ -461,12 +461,16 @@ class _Publish:
         return [_safe(callback["func"]) for callback in self.payload["callbacks"]]
 
     def discard(self) -> None:
-        """The publisher lost it (shut down before its turn; it emitted the events)."""
+        """Nothing to release: the payload is plain data."""
+
+    def lose(self, kind: events.Kind) -> None:
+        """The publisher lost it (shut down before its turn): logged once, as this
+        runner's ``kind`` events, and handed to ``dead_letter``."""
         runner = self.runner
         with runner._lock:
             runner._queued -= 1
             runner._dropped += 1
-        runner._lose(self.payload, runner._shutdown_log)
+        runner._lose(self.payload, runner._shutdown_log, kind)
 
 
 def allowed_modules(allow: object) -> tuple[str, ...]:

@@ -77,7 +77,9 @@ class Task(t.Protocol):
     :class:`SystemExit` (already logged) after running the rest, which a runner
     passes on only in the server's own thread. ``describe()`` and
     ``callback_names()`` name it in log lines when it is dropped or lost;
-    ``discard()`` forgets it without running it.
+    ``discard()`` forgets it without running it. A task may also have a
+    ``lose(kind)`` method, which then logs, reports and forgets it in their place
+    (see :func:`record_loss`).
     """
 
     def __call__(self) -> object: ...
@@ -145,7 +147,16 @@ def describe_task(task: object) -> tuple[str, list[str]]:
 
 def record_loss(log: LossLog, kind: events.Kind, task: object, runner: object = None) -> None:
     """Log a task's callbacks as not run (aggregated), emit their events (of
-    ``runner``), forget it."""
+    ``runner``), forget it.
+
+    A task with a ``lose(kind)`` method reports its own loss instead (a runner
+    built on this one, such as ``CeleryRunner``'s publisher, names its callbacks,
+    its runner and where their payload went itself): one line and one event each.
+    """
+    lose = getattr(task, "lose", None)
+    if lose is not None:
+        lose(kind)
+        return
     request, names = describe_task(task)
     log.record(names, request)
     if events.listeners:
