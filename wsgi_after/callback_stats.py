@@ -148,11 +148,11 @@ class CallbackStats:
 
     ``lost`` counts both callbacks lost at shutdown and those of requests whose
     response the server never closed; the latter never reached a runner, so only
-    the whole process's statistics count them, not one runner's. ``slow`` counts the callbacks that a
-    :class:`~wsgi_after.ThreadRunner` with ``slow_callback`` reported (they are
-    counted again when they end). The statistics are of the whole process, all
-    runners together, unless installed for one runner (``install(runner)``, what
-    a runner's ``callback_stats`` option does).
+    the whole process's statistics count them, not one runner's. ``slow`` counts
+    the callbacks that a :class:`~wsgi_after.ThreadRunner` with ``slow_callback``
+    reported (they are counted again when they end). The statistics are of the
+    whole process, all runners together, unless installed for one runner
+    (``install(runner)``, what a runner's ``callback_stats`` option does).
 
     :param max_names: distinct callback names kept; later names count as
         ``"other"``. 100 is far more than most apps have, and bounds memory.
