@@ -325,6 +325,35 @@ def test_len_only_when_the_inner_iterable_has_it() -> None:
     unsized.close()
 
 
+@pytest.mark.parametrize("queued", ["in the view", "while the server iterates"])
+@pytest.mark.parametrize(
+    ("asks", "completed"),
+    [(0, False), (1, False), (2, True)],
+    ids=["never iterated", "last chunk taken, not asked past it", "asked past the last chunk"],
+)
+def test_a_list_body_is_complete_once_the_server_asked_past_its_last_chunk(
+    queued: str, asks: int, completed: bool
+) -> None:
+    """A list body is handed to the server as the list's own iterator (unless a callback
+    was queued before the app returned): completion is read from that iterator."""
+    seen: list[Outcome | None] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        if queued == "in the view":
+            after(lambda: seen.append(outcome()))
+        start_response("200 OK", [])
+        return [b"only"]
+
+    response = call(AfterMiddleware(app, runner=InlineRunner()))
+    chunks = iter(response)
+    if queued == "while the server iterates":
+        after(lambda: seen.append(outcome()))
+    assert [next(chunks, None) for _ in range(asks)] == [b"only", None][:asks]
+    assert len(response) == 1
+    response.close()
+    assert seen == [Outcome(status=200, completed=completed, error=None)]
+
+
 def test_file_wrapper_response_is_returned_unwrapped() -> None:
     ran: list[Outcome | None] = []
 

@@ -35,7 +35,7 @@ import typing as t
 from types import CoroutineType
 
 from . import events, lifecycle
-from ._response import ClosingResponse, SizedMixin
+from ._response import ClosingResponse, ListMixin, SizedMixin
 from .losslog import LossLog
 from .naming import callback_name, describe_request, method_and_path
 
@@ -207,7 +207,7 @@ class Chain(ClosingResponse):
         """The request's :class:`Outcome` as recorded so far."""
         status = self.status
         code = int(status[:3]) if status and status[:3].isdigit() else None
-        return Outcome(code, self.completed, self.error)
+        return Outcome(code, self.sent_all(), self.error)
 
     def method_and_path(self) -> tuple[str, str]:
         """The request's method and full path (``SCRIPT_NAME + PATH_INFO``), unescaped."""
@@ -673,6 +673,12 @@ class SizedChain(SizedMixin, Chain):
     __slots__ = ()
 
 
+class ListChain(ListMixin, Chain):
+    """A :class:`Chain` whose app's iterable is a list."""
+
+    __slots__ = ()
+
+
 class PendingChain(Chain):
     """A :class:`Chain` that queued a callback while its request ran.
 
@@ -699,8 +705,19 @@ class SizedPendingChain(SizedMixin, PendingChain):
     __slots__ = ()
 
 
-# What wrap() (sized) and the first after() (pending) switch each class to.
-Chain.sized, Chain.pending = SizedChain, PendingChain
-SizedChain.sized, SizedChain.pending = SizedChain, SizedPendingChain
-PendingChain.sized, PendingChain.pending = SizedPendingChain, PendingChain
-SizedPendingChain.sized = SizedPendingChain.pending = SizedPendingChain
+class ListPendingChain(ListMixin, PendingChain):
+    """A :class:`PendingChain` whose app's iterable is a list."""
+
+    __slots__ = ()
+
+
+# What wrap() (sized, listed) and the first after() (pending) switch each class to.
+Chain.sized, Chain.listed, Chain.pending = SizedChain, ListChain, PendingChain
+SizedChain.pending = SizedPendingChain
+ListChain.pending = ListPendingChain
+# A chain that already has callbacks when the app returns a list keeps the generator
+# of the sized class: it tells whether the body was sent in full for free, where the
+# list iterator's own record of it costs more to read (ListMixin.sent_all).
+PendingChain.sized = PendingChain.listed = SizedPendingChain
+SizedPendingChain.pending = SizedPendingChain
+ListPendingChain.pending = ListPendingChain

@@ -7,7 +7,9 @@ iterable so that ``close()`` first closes the app's iterable, then calls
 
 * chunks are yielded as they come, never buffered;
 * the wrapper has ``__len__`` only when the app's iterable has it (waitress calls
-  ``len()`` whenever it exists): it then becomes its class's ``sized`` variant;
+  ``len()`` whenever it exists): it then becomes its class's ``sized`` variant,
+  or for a list (the commonest body) its ``listed`` variant, which hands the
+  server the list's own iterator: no Python frame per chunk;
 * ``close()`` is idempotent and thread-safe (waitress may call it twice);
 * a ``wsgi.file_wrapper`` response is *not* wrapped, since servers find their
   sendfile path with ``isinstance``: :class:`FileWrapperHook` instead hands the
@@ -28,7 +30,7 @@ import typing as t
 class ClosingResponse:
     """Wraps a response iterable; records how it ended; calls :meth:`on_close` once."""
 
-    __slots__ = ("_inner", "_once", "completed", "error", "file_response")
+    __slots__ = ("_inner", "_iterator", "_once", "completed", "error", "file_response")
 
     # The subclass's __init__ sets these fields (no super().__init__(): one Python
     # call less per request).
@@ -37,8 +39,12 @@ class ClosingResponse:
     #: ``[None]`` until the first close(): list.pop() is atomic under the GIL, so
     #: exactly one close() gets the item, whatever the threads.
     _once: list[None]
-    #: True once the server asked for more after the last chunk.
+    #: True once the server asked for more after the last chunk (a ``listed``
+    #: wrapper tells it by :meth:`sent_all`).
     completed: bool
+    #: The list's iterator handed to the server (``listed`` variant only; unset
+    #: until the server iterates).
+    _iterator: t.Iterator[bytes]
     #: The exception the app or its iterable raised.
     error: BaseException | None
     #: What the server's ``wsgi.file_wrapper`` returned during the request.
@@ -47,6 +53,8 @@ class ClosingResponse:
     #: The subclass with ``__len__`` (and :class:`SizedMixin`) that :meth:`wrap`
     #: switches to for sized iterables; every subclass names its own.
     sized: t.ClassVar[type[ClosingResponse]]
+    #: The subclass with :class:`ListMixin` that :meth:`wrap` switches to for a list.
+    listed: t.ClassVar[type[ClosingResponse]]
 
     def wrap(self, result: t.Iterable[bytes]) -> t.Iterable[bytes]:
         """Return what the server should get for the app's ``result``.
@@ -61,9 +69,16 @@ class ClosingResponse:
             self.completed = True
             return result
         self._inner = result
-        if type(result) is list or hasattr(result, "__len__"):  # (the commonest first)
+        if type(result) is list:  # the commonest body
+            self.__class__ = self.listed
+        elif hasattr(result, "__len__"):
             self.__class__ = self.sized
         return self
+
+    def sent_all(self) -> bool:
+        """Whether the server asked for more after the body's last chunk: the body
+        was fully sent (False when the client went away or iterating raised)."""
+        return self.completed
 
     def __iter__(self) -> t.Iterator[bytes]:
         try:
@@ -98,6 +113,31 @@ class SizedMixin:
 
     def __len__(self) -> int:
         return len(self._inner)  # type: ignore[arg-type]
+
+
+class ListMixin(SizedMixin, ClosingResponse):
+    """Gives a :class:`ClosingResponse` subclass for a list body the list's own iterator.
+
+    A list's iterator cannot raise, and a C iterator costs the server no Python
+    frame per chunk, where the generic :meth:`ClosingResponse.__iter__` is a
+    generator. Whether the server asked for more after the last chunk is read
+    from the iterator itself, only when someone asks (:meth:`sent_all`).
+    """
+
+    __slots__ = ()
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        self._iterator = iterator = iter(self._inner)
+        return iterator
+
+    def sent_all(self) -> bool:
+        try:
+            iterator = self._iterator
+        except AttributeError:  # never iterated
+            return False
+        # A list iterator drops its list once next() went past the end, not at the
+        # last item: its pickle state then holds no index (CPython 3.10 to 3.13).
+        return len(iterator.__reduce__()) == 2
 
 
 class ClosingFile:

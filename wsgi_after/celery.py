@@ -359,7 +359,7 @@ class CeleryRunner:
             "method": method,
             "path": path,
             "status": chain.status,
-            "completed": chain.completed,
+            "completed": chain.sent_all(),
             "error": None if error is None else [type(error).__name__, str(error)],
             "callbacks": callbacks,
         }
