@@ -14,9 +14,7 @@ import dataclasses
 import importlib
 import json
 import logging
-import os
 import pathlib
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,7 +22,6 @@ import threading
 import time
 import types
 import typing as t
-import uuid
 
 import kombu.connection
 import kombu.serialization
@@ -32,35 +29,15 @@ import pytest
 from celery import Celery
 
 from tests.helpers import serve
-from tests.integration.servers import APPS, free_port, wait_for_port
+from tests.integration.celery_worker import CeleryWorker, Redis, start_worker, wait_for_text
+from tests.integration.servers import APPS, free_port
 from wsgi_after import AfterMiddleware, after
 from wsgi_after.celery import TASK_NAME, CeleryRunner
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 SECRET = "reset-token-5f1c9e2a"
-
-
-class Redis:
-    def __init__(self, port: int, workdir: pathlib.Path) -> None:
-        self.port = port
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for_port(self.port, self.process)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
 
 
 @dataclasses.dataclass
@@ -75,6 +52,7 @@ class Cluster:
     marker: pathlib.Path
     redis: Redis | None
     worker: subprocess.Popen[bytes]
+    handle: CeleryWorker
 
     def web_app(self, broker: str | None = None, **conf: t.Any) -> Celery:
         """A Celery app of the web side, publishing to this cluster's queue."""
@@ -98,27 +76,6 @@ class Cluster:
             db.execute("delete from runs")
 
 
-def wait_for_text(path: pathlib.Path, text: str, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        content = path.read_text() if path.exists() else ""
-        if text in content:
-            return content
-        time.sleep(0.05)
-    raise TimeoutError(f"{text!r} not in {path} within {timeout} s")
-
-
-def require_rabbitmq() -> None:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
-    except OSError:
-        pytest.fail(
-            "RabbitMQ is not reachable at 127.0.0.1:5672: start it with"
-            " 'rabbitmq-server -detached'.",
-            pytrace=False,
-        )
-
-
 class Clusters:
     """Starts each broker's worker on first use; stops them all at the end."""
 
@@ -134,56 +91,17 @@ class Clusters:
     def _start(self, kind: str) -> Cluster:
         workdir = self.tmp / kind
         workdir.mkdir()
-        redis = None
-        if kind == "redis":
-            redis = Redis(free_port(), workdir)
-            redis.start()
-            broker = f"redis://127.0.0.1:{redis.port}/0"
-        else:
-            require_rabbitmq()
-            broker = RABBITMQ
-        unique = f"wsgi_after_tests_{uuid.uuid4().hex[:12]}"
-        db = workdir / "runs.sqlite"
-        with contextlib.closing(sqlite3.connect(db)) as connection, connection:
-            connection.execute("create table runs (name, pid, status, completed, error, at)")
-        log = workdir / "worker.log"
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(APPS),
-            "WSGI_AFTER_BROKER": broker,
-            "WSGI_AFTER_QUEUE": unique,
-            "WSGI_AFTER_RUNS_DB": str(db),
-            "WSGI_AFTER_MARKER": str(workdir / "marker"),
-        }
-        with log.open("wb") as out:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "celery_tasks", "worker", "-P", "solo",
-                 "-l", "INFO", "-Q", unique, "-n", f"{unique}@127.0.0.1", "--without-gossip",
-                 "--without-mingle", "--without-heartbeat"],
-                env=env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        cluster = Cluster(kind, broker, unique, db, log, workdir / "marker", redis, worker)
-        try:
-            wait_for_text(log, "ready.")
-        except BaseException:
-            self._stop(cluster)
-            raise
-        return cluster
+        marker = workdir / "marker"
+        worker = start_worker(
+            kind, workdir, "celery_tasks", "wsgi_after_tests", WSGI_AFTER_MARKER=str(marker)
+        )
+        return Cluster(
+            kind, worker.broker, worker.queue, worker.runs, worker.log, marker,
+            worker.redis, worker.process, worker,
+        )  # fmt: skip
 
     def _stop(self, cluster: Cluster) -> None:
-        cluster.worker.terminate()
-        try:
-            cluster.worker.wait(20)
-        except subprocess.TimeoutExpired:
-            cluster.worker.kill()
-            cluster.worker.wait(10)
-        if cluster.redis is not None:
-            cluster.redis.stop()
-        else:
-            with kombu.connection.Connection(  # type: ignore[no-untyped-call]
-                cluster.broker, connect_timeout=5
-            ) as connection:
-                connection.default_channel.queue_delete(cluster.queue)
+        cluster.handle.stop()
 
     def stop(self) -> None:
         for cluster in self.started.values():

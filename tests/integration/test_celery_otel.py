@@ -11,18 +11,12 @@ RabbitMQ with a queue of its own, deleted at the end), stopped by its PID.
 from __future__ import annotations
 
 import collections.abc
-import contextlib
 import importlib
 import json
-import os
 import pathlib
-import sqlite3
-import subprocess
-import sys
 import typing as t
 import uuid
 
-import kombu.connection
 import pytest
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
@@ -31,9 +25,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from tests.helpers import serve
+from tests.integration.celery_worker import start_worker
 from tests.integration.poll import poll
-from tests.integration.servers import APPS, free_port
-from tests.integration.test_celery import RABBITMQ, Redis, require_rabbitmq, wait_for_text
+from tests.integration.servers import APPS
 from wsgi_after import AfterMiddleware, after
 from wsgi_after.celery import CeleryRunner
 
@@ -60,51 +54,15 @@ def worker(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> collections.abc.Iterator[Worker]:
     workdir = tmp_path_factory.mktemp(f"celery-otel-{request.param}")
-    redis = None
-    if request.param == "redis":
-        redis = Redis(free_port(), workdir)
-        redis.start()
-        broker = f"redis://127.0.0.1:{redis.port}/0"
-    else:
-        require_rabbitmq()
-        broker = RABBITMQ
-    queue = f"wsgi_after_otel_tests_{uuid.uuid4().hex[:12]}"
-    runs = workdir / "runs.sqlite"
-    with contextlib.closing(sqlite3.connect(runs)) as db, db:
-        db.execute("create table runs (name, pid, status, completed, error, at)")
-    spans, log = workdir / "spans.jsonl", workdir / "worker.log"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(APPS),
-        "WSGI_AFTER_BROKER": broker,
-        "WSGI_AFTER_QUEUE": queue,
-        "WSGI_AFTER_RUNS_DB": str(runs),
-        "WSGI_AFTER_SPANS": str(spans),
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "celery_otel_tasks", "worker", "-P", "solo",
-             "-l", "INFO", "-Q", queue, "-n", f"{queue}@127.0.0.1", "--without-gossip",
-             "--without-mingle", "--without-heartbeat"],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    spans = workdir / "spans.jsonl"
+    started = start_worker(
+        request.param, workdir, "celery_otel_tasks", "wsgi_after_otel_tests",
+        WSGI_AFTER_SPANS=str(spans),
+    )  # fmt: skip
     try:
-        wait_for_text(log, "ready.")
-        yield Worker(broker, queue, spans, log, runs)
+        yield Worker(started.broker, started.queue, spans, started.log, started.runs)
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        if redis is not None:
-            redis.stop()
-        else:
-            with kombu.connection.Connection(  # type: ignore[no-untyped-call]
-                broker, connect_timeout=5
-            ) as connection:
-                connection.default_channel.queue_delete(queue)
+        started.stop()
 
 
 @pytest.fixture
