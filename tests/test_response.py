@@ -1,13 +1,18 @@
-"""The response wrapper's file-wrapper path: ClosingFile and FileWrapperHook."""
+"""The response wrapper's file-wrapper paths: a close() hooked in place, and
+ClosingFile with FileWrapperHook."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import io
 import typing as t
+import wsgiref.util
+
+import pytest
 
 from tests.helpers import TIMEOUT, call, make_environ
 from wsgi_after import AfterMiddleware, InlineRunner, after
+from wsgi_after._response import closes_in_place
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -75,3 +80,141 @@ def test_a_file_proxy_closes_the_file_then_hands_over_once() -> None:
     closing.close()
     closing.close()  # the server may close twice: the callbacks run once
     assert ran == [True]  # the file was closed before the callbacks ran
+
+
+class GunicornLike:
+    """A server's file wrapper class whose object takes the file's own ``close``."""
+
+    def __init__(self, filelike: t.Any, blksize: int = 8192) -> None:
+        self.filelike = filelike
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        return iter(lambda: self.filelike.read(8192), b"")
+
+
+class WaitressLike:
+    """A server's file wrapper class with a ``close()`` method of its own."""
+
+    def __init__(self, file: t.Any, block_size: int = 32768) -> None:
+        self.file = file
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        return iter(lambda: self.file.read(8192), b"")
+
+    def close(self) -> None:
+        if hasattr(self.file, "close"):
+            self.file.close()
+
+
+class Slotted:
+    """A file wrapper class whose objects take no new attributes."""
+
+    __slots__ = ("file",)
+
+    def __init__(self, file: t.Any) -> None:
+        self.file = file
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        return iter(lambda: self.file.read(8192), b"")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class ClosedByProperty(WaitressLike):
+    @property
+    def close(self) -> t.Callable[[], None]:
+        return t.cast("t.Callable[[], None]", self.file.close)
+
+
+@pytest.mark.parametrize("server_class", [GunicornLike, WaitressLike, wsgiref.util.FileWrapper])
+@pytest.mark.parametrize("has_close", [True, False], ids=["file with close", "without"])
+def test_a_server_file_wrapper_class_stays_in_the_environ_and_its_objects_close_is_hooked(
+    server_class: type[t.Any], has_close: bool
+) -> None:
+    file: t.Any = io.BytesIO(b"abc") if has_close else ReadOnly()
+    seen: list[object] = []
+    ran: list[bool] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        seen.append(environ["wsgi.file_wrapper"])
+        after(lambda: ran.append(getattr(file, "closed", True)))
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](file)
+
+    middleware = AfterMiddleware(app, runner=InlineRunner())
+    for _ in range(2):  # the first request finds out, the second relies on it
+        environ = make_environ(extra={"wsgi.file_wrapper": server_class})
+        response = call(middleware, environ)
+        assert seen.pop() is server_class  # nothing stands in for it
+        assert type(response) is server_class  # the server's object, for its sendfile path
+        assert vars(response).get("filelike", vars(response).get("file")) is file  # no proxy
+        assert environ["wsgi.file_wrapper"] is server_class
+        assert ran == []
+        response.close()
+        response.close()  # waitress may close twice: the callbacks run once
+        assert ran == [True]  # after the file was closed
+        ran.clear()
+
+
+@pytest.mark.parametrize("server_class", [Slotted, ClosedByProperty])
+def test_a_file_wrapper_class_that_cannot_be_hooked_in_place_gets_a_stand_in(
+    server_class: type[t.Any],
+) -> None:
+    file = io.BytesIO(b"abc")
+    seen: list[object] = []
+    ran: list[bool] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        seen.append(environ["wsgi.file_wrapper"])
+        after(lambda: ran.append(file.closed))
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](file)
+
+    environ = make_environ(extra={"wsgi.file_wrapper": server_class})
+    response = call(AfterMiddleware(app, runner=InlineRunner()), environ)
+    assert seen[0] is not server_class  # the hook stood in for it ...
+    assert environ["wsgi.file_wrapper"] is server_class  # ... and was put back
+    assert type(response) is server_class
+    assert response.file is not file  # the proxy whose close() fires
+    response.close()
+    assert ran == [True]
+
+
+def test_a_file_wrapper_subclass_made_by_the_app_is_wrapped_like_any_body() -> None:
+    class Own(WaitressLike):
+        pass
+
+    ran: list[str] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        after(ran.append, "ran")
+        start_response("200 OK", [])
+        return Own(io.BytesIO(b"abc"))
+
+    environ = make_environ(extra={"wsgi.file_wrapper": WaitressLike})
+    response = call(AfterMiddleware(app, runner=InlineRunner()), environ)
+    assert type(response) is not Own
+    assert b"".join(response) == b"abc"
+    t.cast(t.Any, response).close()
+    assert ran == ["ran"]
+
+
+@pytest.mark.parametrize(
+    ("file_wrapper", "expected"),
+    [
+        (WaitressLike, True),
+        (GunicornLike, True),
+        (wsgiref.util.FileWrapper, True),
+        (Slotted, False),
+        (ClosedByProperty, False),
+        (io.BytesIO, False),  # a C type
+        (lambda filelike, blksize=8192: filelike, False),  # uWSGI's is a function
+        (ServerWrapper(), False),
+    ],
+    ids=["method", "attribute", "wsgiref", "slots", "property", "C type", "function", "object"],
+)
+def test_closes_in_place(file_wrapper: object, expected: bool) -> None:
+    assert closes_in_place(file_wrapper) is expected

@@ -12,8 +12,13 @@ iterable so that ``close()`` first closes the app's iterable, then calls
   server the list's own iterator: no Python frame per chunk;
 * ``close()`` is idempotent and thread-safe (waitress may call it twice);
 * a ``wsgi.file_wrapper`` response is *not* wrapped, since servers find their
-  sendfile path with ``isinstance``: :class:`FileWrapperHook` instead hands the
-  server's ``file_wrapper`` a :class:`ClosingFile` proxy whose ``close()`` fires.
+  sendfile path with ``isinstance``. When the server's ``file_wrapper`` is a
+  Python class whose objects take attributes (gunicorn, waitress, wsgiref:
+  :func:`closes_in_place`), :meth:`~ClosingResponse.wrap` hooks the ``close()``
+  of the object it made in place (:class:`CloseHook`), and the environ is left
+  alone; for any other (uWSGI's function, mod_wsgi's C type)
+  :class:`FileWrapperHook` stands in for it and hands it a :class:`ClosingFile`
+  proxy whose ``close()`` fires.
 
 Nothing here knows about threads or callbacks: a subclass says what closing means
 (:class:`~wsgi_after._chain.Chain` hands the request's callbacks to its runner).
@@ -24,6 +29,7 @@ iterable.
 
 from __future__ import annotations
 
+import inspect
 import typing as t
 
 
@@ -56,20 +62,34 @@ class ClosingResponse:
     #: The subclass with :class:`ListMixin` that :meth:`wrap` switches to for a list.
     listed: t.ClassVar[type[ClosingResponse]]
 
-    def wrap(self, result: t.Iterable[bytes]) -> t.Iterable[bytes]:
+    def wrap(
+        self, result: t.Iterable[bytes], file_class: type[object] | None = None
+    ) -> t.Iterable[bytes]:
         """Return what the server should get for the app's ``result``.
 
         The server's own file wrapper object goes back unwrapped, so the server
-        still recognises it (``isinstance``) and uses sendfile; anything else is
-        wrapped by this object, sized when ``result`` is.
+        still recognises it (``isinstance``) and uses sendfile: the object its
+        hooked ``file_wrapper`` returned, or an object of exactly ``file_class``
+        (the server's ``file_wrapper`` class, when :func:`closes_in_place`), whose
+        ``close()`` is hooked here. Anything else is wrapped by this object,
+        sized when ``result`` is.
         """
+        kind = type(result)
+        if kind is file_class:  # (not isinstance(): it costs every request more)
+            try:  # an attribute of the object shadows its class's close()
+                result.close = CloseHook(getattr(result, "close", None), self)  # type: ignore[attr-defined]
+            except (AttributeError, TypeError):  # it takes none after all: wrap it
+                pass
+            else:
+                self.completed = True  # as below
+                return result
         if result is self.file_response:
             # The server sends it, with sendfile where it can, and tells us no more
             # than close(): a file response counts as fully sent.
             self.completed = True
             return result
         self._inner = result
-        if type(result) is list:  # the commonest body
+        if kind is list:  # the commonest body
             self.__class__ = self.listed
         elif hasattr(result, "__len__"):
             self.__class__ = self.sized
@@ -138,6 +158,51 @@ class ListMixin(SizedMixin, ClosingResponse):
         # A list iterator drops its list once next() went past the end, not at the
         # last item: its pickle state then holds no index (CPython 3.10 to 3.13).
         return len(iterator.__reduce__()) == 2
+
+
+def closes_in_place(file_wrapper: object) -> bool:
+    """Whether the objects of the server's ``file_wrapper`` can have their ``close()``
+    hooked in place: it is a Python class, its objects have a ``__dict__``, and its
+    ``close`` (if any) is a plain method that an attribute of the object shadows.
+
+    Then nothing needs to stand in for ``environ["wsgi.file_wrapper"]`` (two environ
+    writes less per request), and the server's sendfile path gets the file itself.
+    """
+    if not isinstance(file_wrapper, type) or not file_wrapper.__dictoffset__:
+        return False
+    if not file_wrapper.__flags__ & _HEAP_TYPE:  # a C type (mod_wsgi's)
+        return False
+    close = inspect.getattr_static(file_wrapper, "close", None)
+    return not hasattr(type(close), "__set__")  # a property would not be shadowed
+
+
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement
+
+
+class CloseHook:
+    """Stands in for the ``close()`` of the server's own file wrapper object.
+
+    Calls the object's own ``close`` (when it had one), then
+    ``response.on_close()``, once, whatever the threads.
+    """
+
+    __slots__ = ("_close", "_once", "_response")
+
+    def __init__(self, close: t.Callable[[], object] | None, response: ClosingResponse) -> None:
+        self._close = close
+        self._response = response
+        self._once = [None]
+
+    def __call__(self) -> None:
+        try:
+            self._once.pop()
+        except IndexError:
+            return
+        try:
+            if self._close is not None:
+                self._close()
+        finally:
+            self._response.on_close()
 
 
 class ClosingFile:

@@ -18,7 +18,7 @@ import sys
 import typing as t
 
 from ._chain import CURRENT, MAX_CALLBACKS, Chain
-from ._response import FileWrapperHook
+from ._response import FileWrapperHook, closes_in_place
 from .runner import Submits, ThreadRunner
 
 if t.TYPE_CHECKING:
@@ -126,8 +126,10 @@ class AfterMiddleware(t.Generic[RunnerT]):
         #: The runner the callbacks go to.
         self.runner: RunnerT = runner
         self.max_callbacks = max_callbacks
-        # One hook for the server's file_wrapper (a server has one): nothing to build
-        # per request.
+        # The server's file_wrapper, when it is a class whose objects' close() is
+        # hooked in place; else one hook standing in for it (a server has one):
+        # nothing to build per request.
+        self._file_class: type[object] | None = None
         self._file_wrapper_hook: FileWrapperHook | None = None
 
     def __call__(
@@ -141,11 +143,13 @@ class AfterMiddleware(t.Generic[RunnerT]):
         # works while the server iterates a streaming body.
         chain.token = CURRENT.set(chain)
         file_wrapper = environ.get("wsgi.file_wrapper")
-        if file_wrapper is not None:
+        hook = None
+        if file_wrapper is not None and file_wrapper is not self._file_class:
             hook = self._file_wrapper_hook
             if hook is None or hook.server_wrapper is not file_wrapper:
-                hook = self._file_wrapper_hook = FileWrapperHook(file_wrapper, CURRENT.get)
-            environ["wsgi.file_wrapper"] = hook
+                hook = self._hook_file_wrapper(file_wrapper)
+            if hook is not None:
+                environ["wsgi.file_wrapper"] = hook
         try:
             result = self.app(environ, chain.start_response)
         except BaseException as e:
@@ -153,7 +157,16 @@ class AfterMiddleware(t.Generic[RunnerT]):
             chain.on_close()
             raise
         finally:
-            if file_wrapper is not None:
+            if hook is not None:
                 # gunicorn reads it again to pick its sendfile path.
                 environ["wsgi.file_wrapper"] = file_wrapper
-        return chain.wrap(result)
+        return chain.wrap(result, self._file_class)
+
+    def _hook_file_wrapper(self, file_wrapper: t.Any) -> FileWrapperHook | None:
+        """What stands in for a server's ``file_wrapper`` not seen before: None when
+        its objects' ``close()`` is hooked in place (the environ keeps it)."""
+        if closes_in_place(file_wrapper):
+            self._file_class = file_wrapper
+            return None
+        hook = self._file_wrapper_hook = FileWrapperHook(file_wrapper, CURRENT.get)
+        return hook
