@@ -47,6 +47,8 @@ if t.TYPE_CHECKING:
     from wsgi_after import Runner
 
 HERE = pathlib.Path(__file__).parent
+#: The script the counted processes run (``floor.py`` sets itself, to count its stacks).
+SCRIPT = __file__
 BUDGETS = HERE / "budgets.json"
 RESULTS = HERE / "RESULTS.md"
 SLACK = 0.05  # CI fails when a count exceeds its limit by more than this
@@ -293,7 +295,7 @@ def count(name: str, requests: int, out: pathlib.Path, python: list[str] | None 
     env.pop("PYTHONMALLOC", None)
     proc = subprocess.run(
         [valgrind(), "--tool=callgrind", "--separate-recs=1", f"--callgrind-out-file={out}",
-         *(python or [sys.executable]), "-B", __file__, "--workload", name, str(requests)],
+         *(python or [sys.executable]), "-B", SCRIPT, "--workload", name, str(requests)],
         env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -315,7 +317,7 @@ def per_request(
     # Both runs must load the same bytecode: write every module's .pyc first (the runs
     # themselves write none), so neither compiles what the other loads.
     subprocess.run(
-        [*(python or [sys.executable]), __file__, "--workload", name, "1"],
+        [*(python or [sys.executable]), SCRIPT, "--workload", name, "1"],
         check=True, timeout=300, capture_output=True,
     )  # fmt: skip
     folder = keep or pathlib.Path(tempfile.mkdtemp(prefix="callgrind-"))

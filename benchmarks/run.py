@@ -23,6 +23,7 @@ import typing as t
 import bench_core
 import bench_memory
 import e2e
+import floor
 import instructions
 
 from tests.integration.servers import free_port, wait_for_port  # e2e put the repo on sys.path
@@ -137,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if not quick:  # CI runs 'instructions.py --check' on its own
         for line in instructions_section(instructions.measure(list(instructions.STACKS))):
+            emit(line)
+        floor.register()
+        emit()
+        for line in floor.section(instructions.measure(floor.COMPARED)):
             emit(line)
     for line in micro_section(bench_core.measure(quick)):
         emit(line)
