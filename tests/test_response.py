@@ -218,3 +218,25 @@ def test_a_file_wrapper_subclass_made_by_the_app_is_wrapped_like_any_body() -> N
 )
 def test_closes_in_place(file_wrapper: object, expected: bool) -> None:
     assert closes_in_place(file_wrapper) is expected
+
+
+def test_an_environ_without_a_file_wrapper_gets_none() -> None:
+    """PEP 3333 makes ``wsgi.file_wrapper`` optional: none appears, even on a middleware
+    that served a server with one before."""
+    seen: list[bool] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        seen.append("wsgi.file_wrapper" in environ)
+        start_response("200 OK", [])
+        return [b"x"]
+
+    middleware = AfterMiddleware(app, runner=InlineRunner())
+    for file_wrapper in (wsgiref.util.FileWrapper, None, ServerWrapper(), None):
+        environ = make_environ()
+        environ.pop("wsgi.file_wrapper", None)
+        if file_wrapper is not None:
+            environ["wsgi.file_wrapper"] = file_wrapper
+        t.cast(t.Any, call(middleware, environ)).close()
+        assert ("wsgi.file_wrapper" in environ) is (file_wrapper is not None)
+        assert environ.get("wsgi.file_wrapper") is file_wrapper
+    assert seen == [True, False, True, False]
