@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import types
 import typing as t
 import wsgiref.util
 
 import pytest
 
 from tests.helpers import TIMEOUT, call, make_environ
-from wsgi_after import AfterMiddleware, InlineRunner, after
+from wsgi_after import AfterMiddleware, InlineRunner, Outcome, after, outcome
 from wsgi_after._response import closes_in_place
 
 if t.TYPE_CHECKING:
@@ -165,11 +166,11 @@ def test_a_file_wrapper_class_that_cannot_be_hooked_in_place_gets_a_stand_in(
 ) -> None:
     file = io.BytesIO(b"abc")
     seen: list[object] = []
-    ran: list[bool] = []
+    ran: list[tuple[bool, Outcome | None]] = []
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
         seen.append(environ["wsgi.file_wrapper"])
-        after(lambda: ran.append(file.closed))
+        after(lambda: ran.append((file.closed, outcome())))
         start_response("200 OK", [])
         return environ["wsgi.file_wrapper"](file)
 
@@ -180,7 +181,7 @@ def test_a_file_wrapper_class_that_cannot_be_hooked_in_place_gets_a_stand_in(
     assert type(response) is server_class
     assert response.file is not file  # the proxy whose close() fires
     response.close()
-    assert ran == [True]
+    assert ran == [(True, Outcome(200, True, None))]  # a file response counts as sent
 
 
 def test_a_file_wrapper_subclass_made_by_the_app_is_wrapped_like_any_body() -> None:
@@ -210,11 +211,22 @@ def test_a_file_wrapper_subclass_made_by_the_app_is_wrapped_like_any_body() -> N
         (wsgiref.util.FileWrapper, True),
         (Slotted, False),
         (ClosedByProperty, False),
-        (io.BytesIO, False),  # a C type
+        (io.BytesIO, False),  # a C type (with a __dict__ on Python 3.13)
+        (types.FunctionType, False),  # a C type with a __dict__ and no close
         (lambda filelike, blksize=8192: filelike, False),  # uWSGI's is a function
         (ServerWrapper(), False),
     ],
-    ids=["method", "attribute", "wsgiref", "slots", "property", "C type", "function", "object"],
+    ids=[
+        "method",
+        "attribute",
+        "wsgiref",
+        "slots",
+        "property",
+        "C type",
+        "C type with dict",
+        "function",
+        "object",
+    ],
 )
 def test_closes_in_place(file_wrapper: object, expected: bool) -> None:
     assert closes_in_place(file_wrapper) is expected

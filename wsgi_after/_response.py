@@ -30,6 +30,7 @@ iterable.
 from __future__ import annotations
 
 import inspect
+import types
 import typing as t
 
 
@@ -162,21 +163,24 @@ class ListMixin(SizedMixin, ClosingResponse):
 
 def closes_in_place(file_wrapper: object) -> bool:
     """Whether the objects of the server's ``file_wrapper`` can have their ``close()``
-    hooked in place: it is a Python class, its objects have a ``__dict__``, and its
-    ``close`` (if any) is a plain method that an attribute of the object shadows.
+    hooked in place: it is a class made at run time (not one of the interpreter's or
+    an extension's static types), its objects have a ``__dict__``, and its own
+    ``close`` is a Python function (a method) or none, which an attribute of the
+    object shadows (not a property; not a C method, as ``io``'s on Python 3.13,
+    whose types are made at run time too).
 
     Then nothing needs to stand in for ``environ["wsgi.file_wrapper"]`` (two environ
     writes less per request), and the server's sendfile path gets the file itself.
     """
     if not isinstance(file_wrapper, type) or not file_wrapper.__dictoffset__:
         return False
-    if not file_wrapper.__flags__ & _HEAP_TYPE:  # a C type (mod_wsgi's)
+    if not file_wrapper.__flags__ & _HEAP_TYPE:  # a static C type (mod_wsgi's)
         return False
     close = inspect.getattr_static(file_wrapper, "close", None)
-    return not hasattr(type(close), "__set__")  # a property would not be shadowed
+    return close is None or type(close) is types.FunctionType
 
 
-_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE
 
 
 class CloseHook:
