@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import io
 import subprocess
 import sys
@@ -688,3 +689,37 @@ def test_one_file_wrapper_hook_per_server_wrapper() -> None:
     assert hooks[0] is hooks[1]
     assert hooks[2] is hooks[3]
     assert hooks[1] is not hooks[2]
+
+
+@pytest.mark.parametrize("kind", [list, tuple])
+def test_a_partly_sent_body_is_freed_once_the_response_is_closed(kind: type[t.Any]) -> None:
+    """Even while something (a context the view copied) keeps the request's chain."""
+    chunk = b"y" * 1000 + kind.__name__.encode()
+    base = sys.getrefcount(chunk)
+    kept: list[contextvars.Context] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        kept.append(contextvars.copy_context())
+        start_response("200 OK", [])
+        return kind([chunk, chunk, chunk])
+
+    response = call(AfterMiddleware(app, runner=InlineRunner()))
+    chunks = iter(response)
+    assert next(chunks) == chunk  # the client went away after the first chunk
+    response.close()
+    del chunks, response
+    assert sys.getrefcount(chunk) == base
+    assert kept  # (the chain is still reachable from the copied context)
+
+
+def test_outcome_of_a_status_whose_first_three_characters_are_not_decimal() -> None:
+    """``"²00"`` passes ``str.isdigit()`` but not ``int()``; a server may still send it."""
+    seen: list[Outcome | None] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(lambda: seen.append(outcome()))
+        start_response("\u00b200 OK", [])
+        return [b""]
+
+    serve(AfterMiddleware(app, runner=InlineRunner()))
+    assert seen == [Outcome(status=None, completed=True, error=None)]

@@ -252,3 +252,25 @@ def test_an_environ_without_a_file_wrapper_gets_none() -> None:
         assert ("wsgi.file_wrapper" in environ) is (file_wrapper is not None)
         assert environ.get("wsgi.file_wrapper") is file_wrapper
     assert seen == [True, False, True, False]
+
+
+def test_a_file_wrapper_object_that_refuses_the_hook_is_wrapped_and_its_callbacks_run() -> None:
+    class Frozen(WaitressLike):
+        def __setattr__(self, name: str, value: object) -> None:
+            if name == "close":
+                raise ValueError("frozen")
+            super().__setattr__(name, value)
+
+    ran: list[str] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        after(ran.append, "ran")
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"abc"))
+
+    environ = make_environ(extra={"wsgi.file_wrapper": Frozen})
+    response = call(AfterMiddleware(app, runner=InlineRunner()), environ)
+    assert type(response) is not Frozen  # wrapped like any body: no sendfile, but closed
+    assert b"".join(response) == b"abc"
+    t.cast(t.Any, response).close()
+    assert ran == ["ran"]

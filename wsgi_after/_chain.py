@@ -206,7 +206,7 @@ class Chain(ClosingResponse):
     def outcome(self) -> Outcome:
         """The request's :class:`Outcome` as recorded so far."""
         status = self.status
-        code = int(status[:3]) if status and status[:3].isdigit() else None
+        code = int(status[:3]) if status and status[:3].isdecimal() else None
         return Outcome(code, self.sent_all(), self.error)
 
     def method_and_path(self) -> tuple[str, str]:
@@ -282,7 +282,7 @@ class Chain(ClosingResponse):
         # reference counting, not the garbage collector, frees the request.
         self.state = DONE
         self.callbacks = []
-        self.environ = self.scope = self._start_response = None
+        self.environ = self.scope = self._start_response = self._iterator = None
         self._inner = ()
         self.file_response = self.error = None
 
@@ -306,7 +306,7 @@ class Chain(ClosingResponse):
         callbacks = self.callbacks
         if not callbacks:  # most requests: drop the references at once
             self.state = DONE
-            self.environ = self._start_response = None
+            self.environ = self._start_response = self._iterator = None  # (a list partly sent)
             self._inner = ()
             self.file_response = self.error = None
             return

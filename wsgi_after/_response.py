@@ -50,8 +50,8 @@ class ClosingResponse:
     #: wrapper tells it by :meth:`sent_all`).
     completed: bool
     #: The list's iterator handed to the server (``listed`` variant only; unset
-    #: until the server iterates).
-    _iterator: t.Iterator[bytes]
+    #: until the server iterates; None once the response is released).
+    _iterator: t.Iterator[bytes] | None
     #: The exception the app or its iterable raised.
     error: BaseException | None
     #: What the server's ``wsgi.file_wrapper`` returned during the request.
@@ -79,7 +79,7 @@ class ClosingResponse:
         if kind is file_class:  # (not isinstance(): it costs every request more)
             try:  # an attribute of the object shadows its class's close()
                 result.close = CloseHook(getattr(result, "close", None), self)  # type: ignore[attr-defined]
-            except (AttributeError, TypeError):  # it takes none after all: wrap it
+            except Exception:  # it takes none after all (a __setattr__ refused): wrap it
                 pass
             else:
                 self.completed = True  # as below
@@ -152,9 +152,8 @@ class ListMixin(SizedMixin, ClosingResponse):
         return iterator
 
     def sent_all(self) -> bool:
-        try:
-            iterator = self._iterator
-        except AttributeError:  # never iterated
+        iterator = getattr(self, "_iterator", None)
+        if iterator is None:  # never iterated (or released, once the callbacks ran)
             return False
         # A list iterator drops its list once next() went past the end, not at the
         # last item: its pickle state then holds no index (CPython 3.10 to 3.13).
