@@ -1,4 +1,8 @@
-"""Every Python block in README.md runs as written, and passes ``mypy --strict``."""
+"""Every Python block in README.md and in the documentation (docs/**/*.md) runs as written,
+and passes ``mypy --strict``.
+
+A block whose first line is ``# test_<name>.py ...`` is a test module: it is run with pytest.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,34 @@ import sys
 
 import pytest
 
-README = pathlib.Path(__file__).parent.parent / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+ROOT = pathlib.Path(__file__).parent.parent
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def python_blocks(page: pathlib.Path) -> list[str]:
+    """The ```` ```python ```` blocks of one Markdown page, in order."""
+    return re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)
+
+
+#: Each block, and its test id: the page and the block's index in it (``README.md:0``).
+BLOCKS: list[str] = []
+IDS: list[str] = []
+for _page in PAGES:
+    for _i, _block in enumerate(python_blocks(_page)):
+        BLOCKS.append(_block)
+        IDS.append(f"{_page.relative_to(ROOT).as_posix()}:{_i}")
 
 
 def test_readme_has_python_blocks() -> None:
-    assert len(BLOCKS) >= 2
+    assert len(python_blocks(README)) >= 2
 
 
-@pytest.mark.parametrize("code", [pytest.param(b, id=f"block{i}") for i, b in enumerate(BLOCKS)])
+def test_the_docs_have_python_blocks() -> None:
+    assert len(BLOCKS) - len(python_blocks(README)) >= 10
+
+
+@pytest.mark.parametrize("code", [pytest.param(b, id=i) for i, b in zip(IDS, BLOCKS, strict=True)])
 def test_readme_block_runs(code: str, tmp_path: pathlib.Path) -> None:
     # waitress leaves its own sockets to the garbage collector at exit: not ours to fix.
     command = [sys.executable, "-W", "error", "-W", "ignore::ResourceWarning", "-c", code]
@@ -38,7 +61,7 @@ def test_readme_block_runs(code: str, tmp_path: pathlib.Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-PYPROJECT = README.parent / "pyproject.toml"
+PYPROJECT = ROOT / "pyproject.toml"
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +88,7 @@ def mypy_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]
         text=True,
         timeout=300,
         cwd=folder,
-        env={**os.environ, "MYPYPATH": str(README.parent)},  # mypy cannot see editable installs
+        env={**os.environ, "MYPYPATH": str(ROOT)},  # mypy cannot see editable installs
     )
     errors: dict[str, list[str]] = {name: [] for name in names}
     for line in done.stdout.splitlines():
@@ -80,7 +103,7 @@ def mypy_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]
     return errors
 
 
-@pytest.mark.parametrize("index", [pytest.param(i, id=f"block{i}") for i in range(len(BLOCKS))])
+@pytest.mark.parametrize("index", [pytest.param(i, id=name) for i, name in enumerate(IDS)])
 def test_readme_block_passes_mypy_strict(index: int, mypy_errors: dict[str, list[str]]) -> None:
     errors = mypy_errors[f"readme_block{index}.py"]
     assert errors == [], "\n".join(errors)

@@ -172,7 +172,7 @@ class Chain(ClosingResponse):
         #: Integrations' seam: a factory of the context manager entered around each
         #: callback (the Flask extension pushes the request context with it).
         self.scope: t.Callable[[], t.ContextManager[object]] | None = None
-        #: The :data:`CURRENT` token to reset when the response closes.
+        #: The ``CURRENT`` token to reset when the response closes.
         self.token: contextvars.Token[Chain | None] | None = None
         self.error = self.file_response = None
         #: Index of the callback running now (or of the next to run).

@@ -116,6 +116,8 @@ class CeleryRunnerStats:
     callbacks: dict[str, NameStats] | None = None
 
 
+#: The type of ``CeleryRunner(dead_letter=...)``: called with the payload of a message that
+#: could not be published, to store it somewhere safe.
 DeadLetter = t.Callable[[dict[str, t.Any]], object]
 
 

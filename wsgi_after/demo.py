@@ -64,6 +64,12 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the demo, as ``python -m wsgi_after.demo [--requests N]`` does.
+
+    :param argv: the command-line arguments (``sys.argv[1:]`` when None).
+    :returns: 0 when every ``after()`` row was written after its response and gunicorn
+        stopped cleanly, else 1.
+    """
     parser = argparse.ArgumentParser(prog="python -m wsgi_after.demo", description=__doc__)
     parser.add_argument("--requests", type=int, default=20, help="requests per variant (20)")
     args = parser.parse_args(argv)

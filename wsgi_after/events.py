@@ -62,7 +62,7 @@ class CallbackEvent(t.NamedTuple):
     kind: Kind
     #: The callback's ``module.qualname``.
     name: str
-    #: The request's method (raw: escape it with :func:`wsgi_after.naming.safe` for logs).
+    #: The request's method (raw: escape it with ``wsgi_after.naming.safe()`` for logs).
     method: str
     #: The request's path, ``SCRIPT_NAME + PATH_INFO`` (raw, as for ``method``).
     path: str

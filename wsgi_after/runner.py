@@ -79,7 +79,7 @@ class Task(t.Protocol):
     ``callback_names()`` name it in log lines when it is dropped or lost;
     ``discard()`` forgets it without running it. A task may also have a
     ``lose(kind)`` method, which then logs, reports and forgets it in their place
-    (see :func:`record_loss`).
+    (see ``record_loss()``).
     """
 
     def __call__(self) -> object: ...
