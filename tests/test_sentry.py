@@ -32,7 +32,7 @@ class MemoryTransport(Transport):
             self.events.append(dict(event))
 
 
-# The recipe (as in README.md).
+# The recipe (as in docs/guides/observability.md).
 running: contextvars.ContextVar[events.CallbackEvent | None] = contextvars.ContextVar(
     "running_callback", default=None
 )

@@ -10,7 +10,7 @@ which is only inside a uWSGI process; nothing is needed in the app or the ini fi
   else ``uwsgi.post_fork_hook``, chained to any hook already set) calls
   :func:`wsgi_after.lifecycle.after_fork_in_child` in every worker. CPython's own state
   (its GIL) is reset only by ``--py-call-uwsgi-fork-hooks``: without it, a worker forked
-  while a runner's thread in the master takes or drops the GIL can hang (the README).
+  while a runner's thread in the master takes or drops the GIL can hang (the uWSGI guide).
 * **Exit**: uWSGI calls ``uwsgi.atexit`` (chained to any hook already set) as a
   worker leaves; it drains every runner with :func:`wsgi_after.shutdown_runners`,
   bounded by ``--worker-reload-mercy`` (60 s by default, after which the master

@@ -1,2 +1,2 @@
-# A gunicorn.conf.py using the optional hooks, as the README shows.
+# A gunicorn.conf.py using the optional hooks, as docs/guides/gunicorn.md shows.
 from wsgi_after.gunicorn import post_fork, worker_exit  # noqa: F401

@@ -162,7 +162,7 @@ def gunicorn(
 
 
 def waitress(port: int, *, recipe: bool = True, module: str = "matrix_app") -> list[str]:
-    """waitress serving ``module.app``, with the README's ``exit_on_sigterm()`` recipe or bare."""
+    """waitress serving ``module.app``, with ``exit_on_sigterm()`` (the waitress guide) or bare."""
     prelude = "from wsgi_after import exit_on_sigterm; exit_on_sigterm();" if recipe else ""
     return python(
         "-c",

@@ -58,7 +58,7 @@ def wait_until_idle(stats: int) -> None:
 
     uWSGI counts a worker as in a request until after the response's close() returned,
     a little after the client has the response; a brutal stop in between skips every
-    exit hook (see the README), which these tests are not about.
+    exit hook (see docs/guides/uwsgi.md), which these tests are not about.
     """
 
     def busy() -> int:
@@ -132,7 +132,7 @@ def test_flask_callbacks_see_their_own_request_headers(tmp_path: pathlib.Path) -
 
 
 # A runner used in the master has a thread there; forked while it takes or drops the GIL,
-# a worker hangs on CPython's GIL, which only CPython's own fork hooks reset (the README).
+# a worker hangs on CPython's GIL, which only CPython's own fork hooks reset (docs/guides/uwsgi.md).
 FORK_HOOKS = "--py-call-uwsgi-fork-hooks"
 
 
@@ -196,7 +196,7 @@ def test_stop_runs_every_pending_callback(tmp_path: pathlib.Path, how: str) -> N
 
 
 def test_single_process_sigquit_loses_callbacks(tmp_path: pathlib.Path) -> None:
-    """Why the README says not to: uWSGI leaves SIGQUIT to the default action in workers."""
+    """Why the uWSGI guide says not to: uWSGI leaves SIGQUIT to the default action in workers."""
     port = servers.free_port()
     command = servers.uwsgi(port, "--threads", "2")
     env = env_for(tmp_path, AFTER_MAX_WORKERS="1")

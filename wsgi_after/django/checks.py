@@ -27,7 +27,7 @@ def check_settings(app_configs: t.Any = None, **kwargs: t.Any) -> list[checks.Ch
     """``wsgi_after.E001``: ``WSGI_AFTER`` has a bad key or value."""
     value = getattr(settings, "WSGI_AFTER", {})
     return [
-        checks.Error(problem, hint="See the Django section of wsgi_after's README.",
+        checks.Error(problem, hint="See the settings in wsgi_after's Django guide.",
                      id="wsgi_after.E001")
         for problem in problems(value)
     ]  # fmt: skip
