@@ -22,8 +22,10 @@ import zlib
 
 import pytest
 
+import wsgi_after
+
 ROOT = pathlib.Path(__file__).parent.parent
-PACKAGE = ROOT / "wsgi_after"
+PACKAGE = pathlib.Path(wsgi_after.__file__).parent  # the installed one (.ci/package: a wheel)
 DOCS = ROOT / "docs"
 LOG_PAGE = DOCS / "log-messages.md"
 
@@ -90,7 +92,7 @@ def code_messages() -> dict[Message, list[str]]:
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call):
                 continue
-            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            where = f"{path.relative_to(PACKAGE.parent)}:{node.lineno}"
             func = node.func
             message = None
             if (
@@ -123,7 +125,7 @@ def code_messages() -> dict[Message, list[str]]:
                     for target in node.targets
                 )
             ):
-                where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                where = f"{path.relative_to(PACKAGE.parent)}:{node.lineno}"
                 message = Message(literal(node.value, where), "ERROR")
                 found.setdefault(message, []).append(where)
     return found
@@ -251,7 +253,7 @@ def is_fixture(value: object) -> bool:
 
 def test_every_module_is_in_the_reference_or_says_why_not() -> None:
     modules = {
-        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
         for path in PACKAGE.rglob("*.py")
     }
     public = {m for m in modules if not any(part.startswith("_") for part in m.split("."))}
