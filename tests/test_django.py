@@ -396,8 +396,7 @@ def test_check_catches_a_missing_middleware(settings: SettingsWrapper) -> None:
         ),
         pytest.param(
             {"ALLOW": "shop"},
-            "WSGI_AFTER['ALLOW'] must be a list of module names, got 'str': write"
-            " ['myapp.tasks'].",
+            "WSGI_AFTER['ALLOW'] must be a list of module names, got 'str': write ['myapp.tasks'].",
             id="allow-not-a-list",
         ),
         pytest.param(

@@ -43,3 +43,9 @@ def with_context(context: TaskContext[..., t.Any], name: str) -> list[object]:
 async def greet_async(name: str) -> str:
     views.remember((name, "async"))
     return f"hello {name}"
+
+
+@task
+def write_note_locked(text: str) -> None:
+    """Waits for the advisory lock the test holds, then writes a row."""
+    views.write_note_locked(text)
