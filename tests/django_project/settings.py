@@ -28,8 +28,18 @@ INSTALLED_APPS = [
 if importlib.util.find_spec("django.tasks") is None:  # Django < 6.0: the backport
     INSTALLED_APPS.append("django_tasks")
 
+# WSGI_AFTER_TASKS_DEFAULT=immediate: Django's ImmediateBackend (benchmarks/django_tasks.py).
+_IMMEDIATE = (
+    "django_tasks.backends.immediate.ImmediateBackend"
+    if "django_tasks" in INSTALLED_APPS
+    else "django.tasks.backends.immediate.ImmediateBackend"
+)
 TASKS = {
-    "default": {"BACKEND": "wsgi_after.django.tasks.AfterResponseBackend"},
+    "default": {
+        "BACKEND": _IMMEDIATE
+        if os.environ.get("WSGI_AFTER_TASKS_DEFAULT") == "immediate"
+        else "wsgi_after.django.tasks.AfterResponseBackend"
+    },
     "durable": {"BACKEND": "django_tasks_db.DatabaseBackend"},
 }
 

@@ -7,6 +7,7 @@ writes a ``Note`` row (across processes).
 from __future__ import annotations
 
 import threading
+import time
 import typing as t
 
 from wsgi_after.django.tasks.compat import TaskContext, task
@@ -49,3 +50,9 @@ async def greet_async(name: str) -> str:
 def write_note_locked(text: str) -> None:
     """Waits for the advisory lock the test holds, then writes a row."""
     views.write_note_locked(text)
+
+
+@task
+def nap(seconds: str) -> None:
+    """Stands for slow work (an SMTP call): sleeps ``seconds`` (benchmarks/django_tasks.py)."""
+    time.sleep(float(seconds))
