@@ -391,9 +391,7 @@ def test_a_failure_to_enqueue_is_logged_by_name(
     ) in log.messages
 
 
-@override_settings(WSGI_AFTER=INLINE)
-def test_inline_overrides_the_tasks_runner(client: Client) -> None:
+def test_inline_overrides_the_tasks_runner(client: Client, recorded: list[t.Any]) -> None:
     with override_settings(WSGI_AFTER={**TASKS_RUNNER, "INLINE": True}):
-        views.recorded.clear()
         client.get("/record/inline")
-        assert items(views.recorded) == ["inline"]
+    assert items(recorded) == ["inline"]
