@@ -395,3 +395,27 @@ def test_inline_overrides_the_tasks_runner(client: Client, recorded: list[t.Any]
     with override_settings(WSGI_AFTER={**TASKS_RUNNER, "INLINE": True}):
         client.get("/record/inline")
     assert items(recorded) == ["inline"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_tasks_runner_given_to_the_core_middleware() -> None:
+    from django_tasks_db.models import DBTaskResult
+
+    def app(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        after(views.write_note, "core")
+        with pytest.raises(TypeError, match="Define it at module level"):
+            after(lambda: None)
+        start_response("202 Accepted", [])
+        return [b"ok"]
+
+    serve(AfterMiddleware(app, runner=TasksRunner("durable")), "/core", "POST")
+    [row] = DBTaskResult.objects.all()
+    [message] = row.args_kwargs["args"]
+    assert (message["method"], message["path"], message["status"]) == (
+        "POST",
+        "/core",
+        "202 Accepted",
+    )
+    assert message["callbacks"] == [
+        {"func": "tests.django_project.views:write_note", "args": ["core"], "kwargs": {}}
+    ]

@@ -94,7 +94,7 @@ def test_tasks_runner_callbacks_survive_a_sigkill_and_run_once(
     env = {"WSGI_AFTER_RUNNER": "tasks", "GUNICORN_CMD_ARGS": f"--pid {pidfile}"}
     with gunicorn(database, log, env=env) as port:
         for i in range(5):
-            fetch(port, f"/note/kept{i}", f"kept{i}")
+            get(port, f"/note/kept{i}")
         # Each response's callbacks are a row once the worker closed the response.
         assert poll(lambda: scalar(database, READY), 5) == 5
         assert scalar(database, NOTES) == 0  # nothing ran them yet
