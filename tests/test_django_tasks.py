@@ -16,6 +16,7 @@ import threading
 import typing as t
 
 import pytest
+from django.core import checks
 from django.test import Client, override_settings
 
 import tests.django_project.configured  # noqa: F401  (before the models)
@@ -419,3 +420,14 @@ def test_a_tasks_runner_given_to_the_core_middleware() -> None:
     assert message["callbacks"] == [
         {"func": "tests.django_project.views:write_note", "args": ["core"], "kwargs": {}}
     ]
+
+
+def test_check_catches_a_tasks_backend_missing_from_tasks(settings: SettingsWrapper) -> None:
+    settings.WSGI_AFTER = {**TASKS_RUNNER, "TASKS_BACKEND": "durabel"}
+    errors = [m for m in checks.run_checks() if m.id == "wsgi_after.E004"]
+    assert [m.msg for m in errors] == [
+        "WSGI_AFTER['TASKS_BACKEND'] is 'durabel', which is not an alias of the TASKS setting"
+        " (['default', 'durable']), so every request's callbacks would be lost."
+    ]
+    settings.WSGI_AFTER = TASKS_RUNNER
+    assert [m for m in checks.run_checks() if m.id == "wsgi_after.E004"] == []
