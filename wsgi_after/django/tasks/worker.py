@@ -28,10 +28,7 @@ class CallbacksFailed(RuntimeError):
     failed or was refused; each one was logged by name already."""
 
 
-#: Its path is ``wsgi_after.django.tasks.worker.run_callbacks``; its backend
-#: ``WSGI_AFTER["TASKS_BACKEND"]`` (``TasksRunner`` picks its own with ``.using()``).
-@task(backend=options().tasks_backend)
-def run_callbacks(message: dict[str, t.Any]) -> None:
+def _run_callbacks(message: dict[str, t.Any]) -> None:
     """Run the callbacks of one request's message; see the module."""
     try:
         parsed = remote.parse_message(message)
@@ -43,3 +40,19 @@ def run_callbacks(message: dict[str, t.Any]) -> None:
             f"A callback queued by '{remote.describe(message)}' failed or was refused;"
             " the log names it."
         )
+
+
+# The task's path, wsgi_after.django.tasks.worker.run_callbacks, must name the task: the
+# function carries that name, and __getattr__ builds the task under it at first use (it
+# reads the settings, which importing this module must not need).
+_run_callbacks.__name__ = _run_callbacks.__qualname__ = "run_callbacks"
+
+
+def __getattr__(name: str) -> t.Any:
+    """``run_callbacks``: the task, on the backend ``WSGI_AFTER["TASKS_BACKEND"]``
+    (``TasksRunner`` picks its own with ``.using()``), built at first use."""
+    if name != "run_callbacks":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    built = task(backend=options().tasks_backend)(_run_callbacks)
+    globals()[name] = built
+    return built
