@@ -52,10 +52,11 @@ _STDLIB = (
     r"|'[^']*'"  # the values of a typing.Literal, e.g. on_full's 'block'
 )
 _THIRD_PARTY = (
-    r"(flask|werkzeug|django|celery|kombu|opentelemetry|prometheus_client|pytest|_pytest"
+    r"(flask|werkzeug|django|django_tasks|celery|kombu|opentelemetry|prometheus_client|pytest|_pytest"
     r"|gunicorn|uwsgi|mod_wsgi)(\..+)?"
     r"|Flask|HttpRequest|HttpResponseBase|HttpResponse|Celery|Signature|CollectorRegistry"
     r"|Gauge|Counter|Histogram|Meter|Tracer|Span|FixtureRequest|Item|TempPathFactory"
+    r"|TaskResult|TaskContext|InvalidTask|BaseTaskBackend"  # django.tasks (or its backport)
 )
 # Private names (``wsgi_after._chain.Callback``, the type variables): not in the reference by
 # design, so a signature that names one shows it as text.

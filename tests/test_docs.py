@@ -175,7 +175,7 @@ def test_entries_have_distinct_labels() -> None:
 def test_every_django_check_has_an_entry() -> None:
     source = (PACKAGE / "django" / "checks.py").read_text()
     ids = set(re.findall(r'id="(wsgi_after\.[EW]\d{3})"', source))
-    assert ids == {"wsgi_after.E001", "wsgi_after.E002", "wsgi_after.E003"}
+    assert len(ids) >= 4, ids  # E001 to E004 today: the pattern still finds them
     page = LOG_PAGE.read_text()
     assert [i for i in sorted(ids) if f"`{i}`" not in page] == []
 
@@ -188,7 +188,9 @@ REFERENCE_MODULES = [
     "wsgi_after",
     "wsgi_after.flask",
     "wsgi_after.django",
+    "wsgi_after.django.tasks",
     "wsgi_after.celery",
+    "wsgi_after.remote",
     "wsgi_after.events",
     "wsgi_after.callback_stats",
     "wsgi_after.otel",
@@ -212,6 +214,10 @@ NOT_IN_REFERENCE.update(
     {
         f"wsgi_after.django.{name}": DJANGO_SUBMODULES
         for name in (
+            "tasks.backend",
+            "tasks.compat",
+            "tasks.runner",
+            "tasks.worker",
             "apps",
             "checks",
             "conf",
