@@ -321,13 +321,15 @@ def test_checks_pass_for_the_project() -> None:
 
 def test_check_catches_a_misplaced_middleware(settings: SettingsWrapper) -> None:
     settings.MIDDLEWARE = [
+        "django.middleware.security.SecurityMiddleware",
         "django.middleware.common.CommonMiddleware",
         "wsgi_after.django.AfterMiddleware",
     ]
     assert wsgi_after_messages() == [
         (
             "wsgi_after.E003",
-            "'wsgi_after.django.AfterMiddleware' is at position 1 of MIDDLEWARE, after"
+            "'wsgi_after.django.AfterMiddleware' is entry 3 of MIDDLEWARE, below"
+            " 'django.middleware.security.SecurityMiddleware' and"
             " 'django.middleware.common.CommonMiddleware': middleware above it runs outside"
             " the request's callbacks, and one that replaces the response would keep them"
             " from ever running.",
