@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections.abc
 import logging
 import re
+import threading
 import typing as t
 import wsgiref.util
 
@@ -306,6 +307,30 @@ class InlineTestCaseTests(TestCase):
         with capture_after_callbacks() as callbacks:
             self.client.get("/record/j")
         assert callbacks == [CapturedCallback(views.remember, ("j",), {"wait": False})]
+
+
+class ProjectSettingsTestCaseTests(TestCase):
+    """``TestCase`` with the project's own settings (no INLINE), as a newcomer's ``tests.py``.
+
+    On the thread pool the callbacks would commit through connections of their own,
+    outside the test's transaction (the rows would outlive its rollback and show up in
+    the next test), and could not see its rows: in a test's transaction they run inline.
+    """
+
+    def test_after_callbacks_run_inside_the_tests_transaction(self) -> None:
+        self.client.get("/note/in-test-case")
+        here = threading.current_thread().name
+        assert list(Note.objects.values_list("text", "thread")) == [("in-test-case", here)]
+
+    def test_after_commit_under_capture_on_commit_callbacks_runs_inline(self) -> None:
+        with self.captureOnCommitCallbacks(execute=True) as hooks:
+            self.client.get("/commit/k")
+        assert len(hooks) == 1
+        assert items(views.recorded) == [("k", True)]
+
+    def test_a_failing_callback_fails_the_request(self) -> None:
+        with pytest.raises(RuntimeError, match=r"^the callback failed$"):
+            self.client.get("/fail")
 
 
 # -- settings and system checks --------------------------------------------------------

@@ -4,8 +4,9 @@
 request that queued callbacks it looks at the settings as they are *now*, so
 ``override_settings(WSGI_AFTER={"INLINE": True})`` in a test takes effect at
 once: an active :func:`~wsgi_after.django.capture_after_callbacks` takes the
-chain; ``INLINE`` runs it in the thread that closes the response; otherwise the
-process's :class:`~wsgi_after.ThreadRunner` for these options gets it.
+chain; ``INLINE`` runs it in the thread that closes the response, and so does a
+test's transaction (a ``TestCase``: see :func:`~wsgi_after.django.inline.in_test_transaction`);
+otherwise the process's :class:`~wsgi_after.ThreadRunner` for these options gets it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import typing as t
 
 from ..runner import InlineRunner, ThreadRunner
 from .conf import Options, options
-from .inline import run_inline
+from .inline import in_test_transaction, run_inline
 from .testing import active_capture
 
 _lock = threading.Lock()
@@ -62,7 +63,7 @@ class SettingsRunner:
         capture = active_capture()
         if capture is not None:
             capture.take(task)
-        elif options().inline:
+        elif options().inline or in_test_transaction():
             run_inline(task)
         else:
             thread_runner(options()).submit(task)
