@@ -20,7 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
-from django.db import connection
+from django.db import connection, transaction
 from django.http import FileResponse
 from django.test import Client, TestCase, override_settings
 
@@ -331,6 +331,33 @@ class ProjectSettingsTestCaseTests(TestCase):
     def test_a_failing_callback_fails_the_request(self) -> None:
         with pytest.raises(RuntimeError, match=r"^the callback failed$"):
             self.client.get("/fail")
+
+
+# -- the pytest plugin's after_inline with pytest-django ---------------------------------
+
+
+@pytest.mark.django_db
+def test_after_inline_runs_after_commit_under_capture_on_commit_callbacks(
+    client: Client,
+    after_inline: None,
+    django_capture_on_commit_callbacks: t.Any,
+    recorded: list[t.Any],
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True) as hooks:
+        client.get("/commit/m")
+        assert recorded == []  # the test's transaction never commits
+    assert len(hooks) == 1
+    assert items(recorded) == [("m", True)]  # at once, in this thread: nothing on the pool
+
+
+@pytest.mark.django_db(transaction=True)
+def test_after_inline_runs_a_commit_after_the_response_inline(
+    client: Client, after_inline: None, recorded: list[t.Any]
+) -> None:
+    with transaction.atomic():  # the view's transaction commits after its response closed
+        client.get("/commit/n")
+        assert recorded == []
+    assert items(recorded) == [("n", True)]  # at once: nothing on the pool
 
 
 # -- settings and system checks --------------------------------------------------------
