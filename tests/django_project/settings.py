@@ -3,6 +3,9 @@
 - ``WSGI_AFTER_DJANGO_DB_NAME``: the database (the test runner's test database
   when gunicorn serves the project during the tests).
 - ``WSGI_AFTER_CONN_MAX_AGE`` and ``WSGI_AFTER_CONN_HEALTH_CHECKS``: as in Django.
+- ``WSGI_AFTER_MIDDLEWARE``: ``missing`` leaves the middleware out, ``last`` puts it
+  last (what the start-up line catches).
+- ``WSGI_AFTER_DEFAULT_LOGGING=1``: no ``LOGGING`` setting, as ``startproject`` writes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ MIDDLEWARE = [
     "wsgi_after.django.AfterMiddleware",
     "django.middleware.common.CommonMiddleware",
 ]
+if os.environ.get("WSGI_AFTER_MIDDLEWARE") == "missing":
+    MIDDLEWARE = MIDDLEWARE[1:]
+elif os.environ.get("WSGI_AFTER_MIDDLEWARE") == "last":
+    MIDDLEWARE = MIDDLEWARE[1:] + MIDDLEWARE[:1]
 
 
 def _database(name: str, test_name: str) -> dict[str, object]:
@@ -54,9 +61,10 @@ DATABASES = {
 
 WSGI_AFTER = {"MAX_WORKERS": 4, "DRAIN_TIMEOUT": 10.0}
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"wsgi_after": {"handlers": ["console"], "level": "WARNING"}},
-}
+if os.environ.get("WSGI_AFTER_DEFAULT_LOGGING") != "1":
+    LOGGING = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"console": {"class": "logging.StreamHandler"}},
+        "loggers": {"wsgi_after": {"handlers": ["console"], "level": "WARNING"}},
+    }
