@@ -167,8 +167,9 @@ def test_after_outside_a_request_names_the_fix() -> None:
     with pytest.raises(OutsideRequestError) as raised:
         after_commit(print)
     assert str(raised.value) == (
-        "'after_commit()' was called outside a request. Put"
-        " 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE."
+        "'after_commit()' was called outside a request. In a view, put"
+        " 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE; outside a request (a"
+        " management command, the shell, a worker), use 'transaction.on_commit(func)'."
     )
     with pytest.raises(TypeError, match=r"^'after_commit\(\)' needs a callable, got 'int'\.$"):
         after_commit(1)  # type: ignore[arg-type]
