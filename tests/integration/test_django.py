@@ -78,7 +78,7 @@ def gunicorn(
     module: str = "wsgi",
     max_age: int = 0,
     health_checks: bool = False,
-    extra_env: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> collections.abc.Iterator[int]:
     port = free_port()
     command = python(
@@ -87,12 +87,12 @@ def gunicorn(
         f"tests.django_project.{module}:application",
     )  # fmt: skip
     env = {
+        **(env or {}),
         "PYTHONPATH": str(ROOT),
         "DJANGO_SETTINGS_MODULE": "tests.django_project.settings",
         "WSGI_AFTER_DJANGO_DB_NAME": database,
         "WSGI_AFTER_CONN_MAX_AGE": str(max_age),
         "WSGI_AFTER_CONN_HEALTH_CHECKS": "1" if health_checks else "0",
-        **(extra_env or {}),
     }
     with running(command, port, env={**os.environ, **env}, log=log):
         yield port
@@ -206,7 +206,7 @@ def test_a_missing_or_misplaced_middleware_is_one_error_line_per_worker_at_start
 ) -> None:
     log = tmp_path / "gunicorn.log"
     env = {**DEFAULT_LOGGING, "WSGI_AFTER_MIDDLEWARE": placement}
-    with gunicorn(database, log, extra_env=env):  # two workers, each loads the app
+    with gunicorn(database, log, env=env):  # two workers, each loads the app
         assert poll(lambda: len(lines_with(log, message)), 2) == 2, log.read_text()
     assert lines_with(log, "wsgi_after.E00") == [message, message]
 
@@ -216,7 +216,7 @@ def test_a_failing_callback_is_logged_with_its_traceback_under_djangos_default_l
 ) -> None:
     log = tmp_path / "gunicorn.log"
     failed = "Callback 'tests.django_project.views.explode' queued by 'GET /fail' raised"
-    with gunicorn(database, log, extra_env=DEFAULT_LOGGING) as port:
+    with gunicorn(database, log, env=DEFAULT_LOGGING) as port:
         reply = fetch(port, "/fail", "fail")
         assert (reply.status, reply.body) == (200, b"ok"), reply
         assert poll(lambda: len(lines_with(log, "RuntimeError: the callback failed")), 1) == 1
