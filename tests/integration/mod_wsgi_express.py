@@ -81,20 +81,30 @@ def _has_headers(python: str) -> bool:
     return subprocess.run([python, "-c", check], capture_output=True, timeout=60).returncode == 0
 
 
+def _run(command: list[str], timeout: float, env: dict[str, str] | None = None) -> None:
+    """Run one step quietly; if it fails, raise with the end of what it printed.
+
+    :raises RuntimeError: if the command exits non-zero (its output's last lines).
+    """
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+    if done.returncode != 0:
+        output = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
+        raise RuntimeError(f"{' '.join(command)!r} exited with {done.returncode}:\n{output}")
+
+
 def apache() -> str:
     """Where Apache comes from: ``"apxs"`` (installed, or installed now) or ``"standalone"``.
 
-    :raises subprocess.CalledProcessError: if ``apt-get`` fails.
+    :raises RuntimeError: if ``apt-get`` fails.
     """
     if shutil.which("apxs") and _has_headers(system_python()):
         return "apxs"
     if os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         for command in (["update", "-qq"], ["install", "-y", "-qq", *APT_PACKAGES]):
-            subprocess.run(
-                ["apt-get", *command], check=True, timeout=APT_TIMEOUT, env=env,
-                stdout=subprocess.DEVNULL,
-            )  # fmt: skip
+            _run(["apt-get", *command], APT_TIMEOUT, env)
         return "apxs"
     return "standalone"
 
@@ -117,9 +127,7 @@ def build(parent: pathlib.Path | None = None, source: str | None = None) -> Expr
     else:  # its Apache (mod_wsgi-httpd) is the slow part: its wheel cached is what we want
         # --use-pep517: wheels, which pip caches (not a legacy 'setup.py install')
         packages, timeout = ["--use-pep517", "mod_wsgi-standalone"], STANDALONE_TIMEOUT
-    subprocess.run(
-        [*pip, *packages, "flask"], check=True, timeout=timeout, stdout=subprocess.DEVNULL
-    )
+    _run([*pip, *packages, "flask"], timeout)
     shutil.copytree(PACKAGE, express.site / "wsgi_after", ignore=shutil.ignore_patterns("__py*"))
     for app in APPS.glob("*.py"):
         shutil.copy(app, express.site / app.name)
