@@ -32,6 +32,7 @@ import nox
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True  # a missing Python fails, never skips
+nox.options.sessions = ["tests"]  # plain `nox`: the matrix (not lock, newest or sentry)
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 #: Each Flask line with the Werkzeug line it was released with.
