@@ -49,6 +49,12 @@ def _global_state() -> dict[str, object]:
     }
 
 
+def _running_runners() -> list[lifecycle.Drainable]:
+    """The registered runners not shut down: a test must not stop one it did not start
+    (a process-wide one, like the Django app's, serves the tests after it)."""
+    return [r for r in lifecycle.runners() if getattr(r, "_shutdown", None) is False]
+
+
 def _threads() -> set[threading.Thread]:
     return {thread for thread in threading.enumerate() if thread.is_alive()}
 
@@ -120,6 +126,7 @@ def leaves_global_state_as_it_found_it(
     """
     before = _global_state()
     threads = _threads()
+    running = _running_runners()
     yield
     monkeypatch.undo()  # every fixture set up after this one is torn down already
     after = _global_state()
@@ -131,6 +138,8 @@ def leaves_global_state_as_it_found_it(
         _restore(name, before[name])
     what = [f"{name}: {_difference(before[name], after[name])}" for name in leaked]
     what += [f"threads left running: {t}" for t in _left_running(threads)]
+    stopped = [r for r in running if getattr(r, "_shutdown", False)]
+    what += [f"shut down a runner it did not start: {r!r}" for r in stopped]
     if what:
         pytest.fail("the test leaked global state:\n" + "\n".join(what), pytrace=False)
 
