@@ -52,8 +52,9 @@ def after_commit(
         raise TypeError(f"'after_commit()' needs a callable, got {type(func).__name__!r}.")
     if current_chain() is None:
         raise OutsideRequestError(
-            "'after_commit()' was called outside a request. Put"
-            " 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE."
+            "'after_commit()' was called outside a request. In a view, put"
+            " 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE; outside a request (a"
+            " management command, the shell, a worker), use 'transaction.on_commit(func)'."
         )
     hook = _OnCommit(func, args, kwargs, using or DEFAULT_DB_ALIAS)
     transaction.on_commit(hook, using=using)
