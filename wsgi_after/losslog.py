@@ -21,7 +21,29 @@ import logging
 import threading
 import typing as t
 
+
+class _AlwaysEnabled(logging.Logger):
+    """The ``wsgi_after`` logger's class: ``disabled`` is always False.
+
+    ``logging.config.dictConfig`` with ``disable_existing_loggers`` (its default, and
+    Django's ``LOGGING`` without ``'disable_existing_loggers': False``) disables every
+    logger that exists and that it does not name, so one configured after the import
+    would silence every loss. Silence the logger with a level instead.
+    """
+
+    @property
+    def disabled(self) -> bool:
+        return False
+
+    @disabled.setter
+    def disabled(self, value: bool) -> None:
+        pass  # never disabled: losses are not lost silently
+
+
 logger = logging.getLogger("wsgi_after")
+# Every module's getLogger("wsgi_after") returns this one object: switch its class
+# once, here (the core imports this module before anything logs).
+logger.__class__ = _AlwaysEnabled
 
 
 class LossLog:
