@@ -378,6 +378,11 @@ def test_check_catches_a_missing_middleware(settings: SettingsWrapper) -> None:
             "WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0, got -1.",
             id="drain-timeout",
         ),
+        pytest.param(  # nan < 0 is False: it passed, then every request's runner refused it
+            {"DRAIN_TIMEOUT": float("nan")},
+            "WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0, got nan.",
+            id="drain-timeout-nan",
+        ),
         pytest.param(
             {"INLINE": "yes"},
             "WSGI_AFTER['INLINE'] must be True or False, got 'yes'.",
