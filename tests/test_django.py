@@ -224,6 +224,35 @@ def test_worker_threads_close_their_connections(client: Client) -> None:
     wait_for(lambda: other_connections() == baseline, what="the workers' connections to close")
 
 
+@pytest.mark.django_db(transaction=True)
+def test_async_callbacks_connections_are_closed_and_survive_a_terminated_backend(
+    client: Client, recorded: list[t.Any]
+) -> None:
+    # The async ORM runs its queries on asgiref's thread for thread-sensitive code, not
+    # on the worker thread whose connections close_old_connections() closes (issue 21, 3).
+    Note.objects.create(text="async-row")
+    assert client.get("/async-count/async-row").status_code == 200
+    wait_idle()
+    [(count, pid)] = recorded
+    assert count == 1
+    with connection.cursor() as cursor:
+        cursor.execute("select pg_terminate_backend(%s)", [pid])
+    for _ in range(2):  # every later async callback gets a working connection
+        assert client.get("/async-count/async-row").status_code == 200
+        wait_idle()
+    assert [count for count, _ in recorded] == [1, 1, 1]
+    pids = {pid for _, pid in recorded}
+
+    def closed() -> bool:  # CONN_MAX_AGE=0: closed after each callback
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "select count(*) from pg_stat_activity where pid = any(%s)", [list(pids)]
+            )
+            return int(cursor.fetchone()[0]) == 0
+
+    wait_for(closed, what="the async callbacks' connections to close")
+
+
 # -- after_commit with real commits ----------------------------------------------------
 
 

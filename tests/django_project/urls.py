@@ -18,4 +18,5 @@ urlpatterns = [
     path("nested", views.nested),
     path("other-db", views.other_db),
     path("view-row", views.view_row),
+    path("async-count/<str:text>", views.async_count),
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import typing as t
 
+from asgiref.sync import sync_to_async
 from django.db import connection, transaction
 from django.http import (
     FileResponse,
@@ -55,6 +56,18 @@ def remember_committed(text: str, wait: bool) -> None:
 
 def count_rows(text: str) -> None:
     remember(Note.objects.filter(text=text).count())
+
+
+def backend_pid() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("select pg_backend_pid()")
+        return int(cursor.fetchone()[0])
+
+
+async def count_rows_async(text: str) -> None:
+    """The async ORM: its queries run wherever asgiref sends thread-sensitive code."""
+    count = await Note.objects.filter(text=text).acount()
+    recorded.append((count, await sync_to_async(backend_pid)()))
 
 
 def note(request: HttpRequest, text: str) -> HttpResponse:
@@ -133,3 +146,8 @@ def view_row(request: HttpRequest) -> HttpResponse:
     Note.objects.create(text="view-row")
     after(count_rows, "view-row")
     return HttpResponse("done")
+
+
+def async_count(request: HttpRequest, text: str) -> HttpResponse:
+    after(count_rows_async, text)
+    return HttpResponse("queued")
