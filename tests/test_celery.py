@@ -14,7 +14,10 @@ import typing as t
 
 import pytest
 from celery import Celery
+from django.core.handlers.wsgi import WSGIRequest
+from django.views.debug import ExceptionReporter
 
+import tests.django_project.configured  # noqa: F401  (Django's error report, below)
 from tests.helpers import TIMEOUT, serve, wait_for
 from wsgi_after import AfterMiddleware, after, events
 from wsgi_after.callback_stats import NameStats
@@ -244,6 +247,31 @@ def test_what_is_sent_is_what_after_was_given() -> None:
         }
     ]
     assert runner.stats().dead_lettered == 1
+
+
+def test_arguments_stay_off_the_environ_and_out_of_djangos_error_reports() -> None:
+    # The environ is Django's request.META: a 500 mails it to ADMINS (issue 21, item 4).
+    reports: list[str] = []
+    runner = CeleryRunner(app, allow=[HERE], retry_window=0, dead_letter=lambda payload: None)
+
+    def wsgi(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        after(module_level, "ada@example.com", note="reset-token-3141")
+        try:
+            raise RuntimeError("the view failed")
+        except RuntimeError as e:
+            reporter = ExceptionReporter(WSGIRequest(environ), type(e), e, e.__traceback__)
+            reports.append(reporter.get_traceback_text() + repr(environ))
+        start_response("500 Internal Server Error", [])
+        return [b""]
+
+    try:
+        serve(AfterMiddleware(wsgi, runner=runner), "/reset", "POST")
+        assert runner.wait_idle(10)
+    finally:
+        runner.shutdown(1)
+    [report] = reports
+    assert "/reset" in report
+    assert "reset-token-3141" not in report
 
 
 def app_after(func: t.Any, *args: t.Any) -> t.Any:

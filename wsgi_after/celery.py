@@ -74,8 +74,24 @@ logger = logging.getLogger("wsgi_after")
 TASK_NAME = "wsgi_after.run_chain"
 #: The Celery configuration key listing the modules whose functions a worker may run.
 ALLOW_KEY = "wsgi_after_allow"
-#: The environ key under which a request's arguments wait, encoded, for publishing.
-SNAPSHOTS_KEY = "wsgi_after.celery.snapshots"
+
+
+class _Checked(t.NamedTuple):
+    """What :meth:`CeleryRunner.check_callback` made of one ``after()`` call."""
+
+    kwargs: dict[str, t.Any]  # the call's own kwargs dict: which queued callback it is
+    reference: str
+    args: list[t.Any]
+    sent_kwargs: dict[str, t.Any]
+
+
+# The encoded copy of the arguments of the after() call being checked. after() copies
+# the context right after the check, so the copy travels in the queued callback's own
+# context snapshot, never in the environ (Django's request.META, which a 500's error
+# report mails to ADMINS).
+_CHECKED: contextvars.ContextVar[_Checked | None] = contextvars.ContextVar(
+    "wsgi_after.celery.checked", default=None
+)
 
 # What a dead or unreachable broker raises when publishing.
 _BROKER_ERRORS = (kombu.exceptions.OperationalError, ConnectionError, OSError)
@@ -240,10 +256,8 @@ class CeleryRunner:
         name = callback_name(func)
         reference = _reference(func, name, self.allow)
         snapshot = _snapshot(name, args, kwargs, self.serializer)
-        chain = current_chain()
-        if chain is not None and chain.environ is not None:
-            # The chain's environ lives as long as the request: the copy waits there.
-            chain.environ.setdefault(SNAPSHOTS_KEY, []).append((func, reference, *snapshot))
+        if current_chain() is not None:
+            _CHECKED.set(_Checked(kwargs, reference, *snapshot))
 
     def submit(self, fn: t.Callable[[], object], /) -> None:
         """Queue the chain's message for the publisher thread; never blocks."""
@@ -337,13 +351,11 @@ class CeleryRunner:
     def _payload(self, chain: Chain) -> dict[str, t.Any]:
         method, path = chain.method_and_path()
         error = chain.error
-        snapshots = iter((chain.environ or {}).get(SNAPSHOTS_KEY) or ())
-        snapshot = next(snapshots, None)
         callbacks = []
-        for func, args, kwargs, _ in filter(None, chain.callbacks):
-            if snapshot is not None and snapshot[0] is func:
-                _, reference, sent_args, sent_kwargs = snapshot
-                snapshot = next(snapshots, None)
+        for func, args, kwargs, context in filter(None, chain.callbacks):
+            checked = context.get(_CHECKED)
+            if checked is not None and checked.kwargs is kwargs:
+                _, reference, sent_args, sent_kwargs = checked
             else:  # not checked by after() (another runner's chain): check it now
                 name = callback_name(func)
                 try:
