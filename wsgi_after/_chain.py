@@ -27,6 +27,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import gc
 import inspect
 import logging
 import threading
@@ -697,6 +698,39 @@ class PendingChain(Chain):
             if events.listeners:
                 events.emit_each("never_closed", names, *self.method_and_path())
             self.discard()
+
+
+_open_at_exit = LossLog(
+    "its request was still running when the process exited (the server stopped waiting for it)."
+)
+
+
+def _name_open_requests() -> None:
+    """At exit, after the drain: log by name the callbacks of requests still open.
+
+    Found by a walk of the garbage collector's objects, once, at exit: tracking open
+    requests would cost every request that queues a callback.
+    """
+    found = False
+    for chain in gc.get_objects():
+        if not (isinstance(chain, PendingChain) and chain.state == OPEN):
+            continue
+        with _handover:  # the request's thread may be in after() right now
+            if chain.state != OPEN:
+                continue
+            chain.state = CLOSING  # its after() and close() now refuse, or do nothing
+        names = chain.callback_names()
+        if names:
+            found = True
+            _open_at_exit.record(names, chain.describe())
+            if events.listeners:
+                events.emit_each("lost", names, *chain.method_and_path())
+        chain.discard()
+    if found:
+        _open_at_exit.close()
+
+
+lifecycle.report_at_exit(_name_open_requests)
 
 
 class SizedPendingChain(SizedMixin, PendingChain):

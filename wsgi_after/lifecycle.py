@@ -15,7 +15,10 @@ process can treat them as one:
 * **fork**: in a child, every runner forgets its parent's threads, queue and
   locks (:func:`after_fork_in_child`), and starts its own threads when first
   used. Servers that do not run Python's fork hooks (uWSGI without
-  ``--lazy-apps``) call it from their own post-fork hook.
+  ``--lazy-apps``) call it from their own post-fork hook;
+* **requests still open at exit**: a server that stops waiting for its request
+  threads (waitress waits 5 s) exits with some requests still in the view; once
+  the runners drained, the reports of :func:`report_at_exit` name their callbacks.
 
 Server hooks (gunicorn's ``worker_exit``, uWSGI's ``atexit``, mod_wsgi's
 shutdown event) call :func:`shutdown` with the time the server allows.
@@ -145,6 +148,20 @@ def after_fork_in_child() -> None:
         runner.reset_after_fork()
 
 
+_exit_reports: list[t.Callable[[], None]] = []
+
+
+def report_at_exit(report: t.Callable[[], None]) -> None:
+    """Call ``report`` at interpreter exit, once the runners drained (so that what it
+    finds then, such as requests still open, is really lost)."""
+    _exit_reports.append(report)
+
+
+def _report_at_exit() -> None:
+    for report in _exit_reports:
+        report()
+
+
 def _interpreter_exiting() -> None:
     for runner in runners():
         runner.exiting()
@@ -152,6 +169,7 @@ def _interpreter_exiting() -> None:
 
 if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(after_in_child=after_fork_in_child)
+atexit.register(_report_at_exit)  # before shutdown: atexit runs it after (last in, first out)
 atexit.register(shutdown)
 # Runs before Python joins non-daemon threads (and so before atexit handlers):
 # the only moment to release a request thread blocked on a full queue.
