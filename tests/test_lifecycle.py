@@ -266,3 +266,39 @@ def test_a_forked_child_ends_with_its_callbacks_exit_code() -> None:
     ]
     assert "child exitmsg message" in done.stderr.splitlines()
     assert "child error" not in done.stderr  # the parent's logging is not the child's
+
+
+def test_a_forked_child_logs_its_own_never_closed_responses() -> None:
+    # The parent filled the loss log's first window (five lines, then counts every 10 s
+    # by a timer thread): a child that inherited it counted its losses for a timer that
+    # does not exist there, and logged nothing, for ever (issue 21, item 11).
+    result = run_program(
+        """
+        import contextvars, gc, os, sys
+        from wsgi_after import AfterMiddleware, InlineRunner, after
+
+        def app(environ, start_response):
+            after(print, environ["PATH_INFO"])
+            start_response("200 OK", [])
+            return [b"ok"]
+
+        app = AfterMiddleware(app, runner=InlineRunner())
+
+        def never_closed(path):
+            b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": path}, lambda s, h: None))
+
+        for i in range(6):
+            contextvars.copy_context().run(never_closed, f"/parent-{i}")
+        gc.collect()
+        pid = os.fork()
+        if pid == 0:
+            contextvars.copy_context().run(never_closed, "/child")
+            gc.collect()
+            sys.stderr.flush()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        os._exit(0)  # the parent's summary is not this test's business
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "queued by 'GET /child' was not run" in result.stderr
