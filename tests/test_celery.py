@@ -447,6 +447,50 @@ def test_the_worker_refuses_what_its_allow_list_does_not_name(
     }
 
 
+def test_the_worker_never_imports_a_dunder_module_and_survives_an_import_that_exits(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # With allow=['shop'], 'shop.__main__:x' matched the allow list: importing it ran the
+    # package's command line, whose argparse SystemExit escaped (only Exception was
+    # caught) and lost every callback of the message (issue 21, item 1).
+    package = tmp_path / "shop_21"
+    package.mkdir()
+    marker = tmp_path / "cli-ran"
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(
+        f"open({str(marker)!r}, 'a').close()\nraise SystemExit(2)\n"
+    )
+    (package / "cli.py").write_text("raise SystemExit(2)  # argparse with no arguments\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("shop_21", "shop_21.__main__", "shop_21.__init__", "shop_21.cli"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    RAN.clear()
+    run_on_worker(
+        message(
+            ("shop_21.__main__:x", []),
+            ("shop_21.__init__:x", []),
+            ("shop_21.cli:x", []),
+            (f"{HERE}:remember", ["ran"]),
+        ),
+        allow=["shop_21", HERE],
+    )
+    assert RAN == ["ran"]
+    assert not marker.exists()  # its __main__ never ran
+    assert "shop_21.__init__" not in sys.modules
+    for name in ("shop_21", "shop_21.cli"):
+        sys.modules.pop(name, None)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:2] == [
+        f"Refused callback 'shop_21.{dunder}:x' queued by 'POST /forged': it does not name a"
+        " module-level function as 'module:function'; it was not run."
+        for dunder in ("__main__", "__init__")
+    ]
+    assert lines[2] == (
+        "Callback 'shop_21.cli:x' queued by 'POST /forged' cannot be imported on this worker."
+    )
+    assert len(lines) == 3
+
+
 def test_a_worker_without_allow_list_runs_tasks_only(caplog: pytest.LogCaptureFixture) -> None:
     RAN.clear()
     run_on_worker(message((f"{HERE}:remember", ["no"]), ("task:checks.as_task", [1])))

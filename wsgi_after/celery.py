@@ -50,6 +50,7 @@ import typing as t
 from types import CoroutineType
 
 import celery
+import celery.exceptions
 import kombu.exceptions
 import kombu.serialization
 
@@ -95,7 +96,9 @@ _CHECKED: contextvars.ContextVar[_Checked | None] = contextvars.ContextVar(
 
 # What a dead or unreachable broker raises when publishing.
 _BROKER_ERRORS = (kombu.exceptions.OperationalError, ConnectionError, OSError)
-_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+# Dotted names with no dunder part: 'shop.__main__' (a package's command line, run
+# on import) or 'shop.__init__' (the package imported again) would pass an allow list.
+_MODULE = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]*(\.(?!__)[A-Za-z_][A-Za-z0-9_]*)*")
 _NAME = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]*")  # module level, not a dunder
 _TRACE_HEADERS = ("traceparent", "tracestate")
 
@@ -498,14 +501,15 @@ def allowed_modules(allow: object) -> tuple[str, ...]:
         )
     names = []
     for name in allow:
-        if not isinstance(name, str) or not _MODULE.fullmatch(name):
-            raise ValueError(f"'allow' must list module names like 'myapp.tasks', got {name!r}.")
-        top = name.partition(".")[0]
-        if name == "__main__" or top in sys.stdlib_module_names:
+        if isinstance(name, str) and (
+            name == "__main__" or name.partition(".")[0] in sys.stdlib_module_names
+        ):
             raise ValueError(
                 f"'allow' must not list {name!r}: a writer to the broker could call its"
                 " functions. List only your own modules."
             )
+        if not isinstance(name, str) or not _MODULE.fullmatch(name):
+            raise ValueError(f"'allow' must list module names like 'myapp.tasks', got {name!r}.")
         names.append(name)
     return tuple(sorted(set(names)))
 
@@ -733,7 +737,13 @@ def _resolve(app: celery.Celery, reference: str, allow: tuple[str, ...], request
         else:
             try:
                 found = vars(importlib.import_module(module)).get(name)
-            except Exception:
+            except (
+                KeyboardInterrupt,
+                celery.exceptions.WorkerShutdown,
+                celery.exceptions.WorkerTerminate,
+            ):
+                raise  # the worker itself is stopping
+            except BaseException:  # an argparse SystemExit too: the message's other callbacks run
                 logger.error(
                     "Callback '%s' queued by '%s' cannot be imported on this worker.",
                     _safe(reference),
