@@ -52,6 +52,7 @@ from types import CoroutineType
 import celery
 import celery.exceptions
 import kombu.exceptions
+import kombu.pools
 import kombu.serialization
 
 from . import events, lifecycle
@@ -336,7 +337,9 @@ class CeleryRunner:
         self._publisher.exiting()
 
     def reset_after_fork(self) -> None:
-        """In a child after ``fork()``: fresh counters, lock and publisher state."""
+        """In a child after ``fork()``: fresh counters, lock and publisher state, and
+        broker connections of its own (Celery resets its pools only in its own children)."""
+        _forget_inherited_connections(self.celery_app)
         self._reset()
         self._publisher.reset_after_fork()
         if self.callback_stats is not None:
@@ -486,6 +489,22 @@ class _Publish:
             runner._queued -= 1
             runner._dropped += 1
         runner._lose(self.payload, runner._shutdown_log, kind)
+
+
+# Broker connections a forked child inherited: kept referenced, so that nothing closes
+# them (closing shuts down a socket the parent still uses), and never used again.
+_inherited: list[object] = []
+
+
+def _forget_inherited_connections(celery_app: celery.Celery) -> None:
+    """In a child after a plain ``fork()`` (gunicorn ``--preload``): make the app and
+    kombu's pools open new connections. A socket shared with the parent and the other
+    children interleaves their frames: py-amqp publishers hung in a read, for ever."""
+    _inherited.append((celery_app.pool, celery_app.producer_pool, dict(kombu.pools.connections),
+                       dict(kombu.pools.producers)))  # fmt: skip
+    kombu.pools.connections.clear()
+    kombu.pools.producers.clear()
+    celery_app._after_fork()  # what Celery runs in the children of its own pool
 
 
 def allowed_modules(allow: object) -> tuple[str, ...]:
