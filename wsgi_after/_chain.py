@@ -713,7 +713,9 @@ def _name_open_requests() -> None:
     """
     found = False
     for chain in gc.get_objects():
-        if not (isinstance(chain, PendingChain) and chain.state == OPEN):
+        # type(), not isinstance(): that reads __class__, which a lazy object (Django's
+        # LazyObject) computes, and may raise.
+        if not (issubclass(type(chain), PendingChain) and chain.state == OPEN):
             continue
         with _handover:  # the request's thread may be in after() right now
             if chain.state != OPEN:

@@ -27,6 +27,7 @@ shutdown event) call :func:`shutdown` with the time the server allows.
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import os
 import threading
@@ -159,7 +160,10 @@ def report_at_exit(report: t.Callable[[], None]) -> None:
 
 def _report_at_exit() -> None:
     for report in _exit_reports:
-        report()
+        try:
+            report()
+        except Exception:
+            logging.getLogger("wsgi_after").exception("A report at exit raised.")
 
 
 def _interpreter_exiting() -> None:
