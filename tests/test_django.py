@@ -337,6 +337,23 @@ class InlineTestCaseTests(TestCase):
         assert callbacks == [CapturedCallback(views.remember, ("j",), {"wait": False})]
 
 
+class ThreadPoolTestCaseTests(TestCase):
+    """``TestCase`` with the default settings (the thread pool)."""
+
+    def test_capture_on_commit_execute_runs_after_commit_callbacks_in_the_tests_thread(
+        self,
+    ) -> None:
+        # The commit comes after the response closed: the callbacks went to the thread
+        # pool (another connection: no TestCase rows), had not run when the block ended,
+        # and an async one never ran (issue 21, item 5).
+        with self.captureOnCommitCallbacks(execute=True) as hooks:
+            self.client.get("/commit/k")
+            self.client.get("/commit-async/l")
+            assert views.recorded == []  # TestCase's transaction never commits
+        assert len(hooks) == 2
+        assert items(views.recorded) == [("k", True), "l"]
+
+
 # -- settings and system checks --------------------------------------------------------
 
 

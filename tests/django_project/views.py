@@ -54,6 +54,10 @@ def remember_committed(text: str, wait: bool) -> None:
     remember((text, Note.objects.filter(text=f"{text}-row").exists()), wait)
 
 
+async def remember_async(item: object) -> None:
+    recorded.append((item, outcome()))
+
+
 def count_rows(text: str) -> None:
     remember(Note.objects.filter(text=text).count())
 
@@ -151,3 +155,9 @@ def view_row(request: HttpRequest) -> HttpResponse:
 def async_count(request: HttpRequest, text: str) -> HttpResponse:
     after(count_rows_async, text)
     return HttpResponse("queued")
+
+
+def commit_async(request: HttpRequest, text: str) -> HttpResponse:
+    with transaction.atomic():
+        after_commit(remember_async, text)
+    return HttpResponse("done")

@@ -20,7 +20,9 @@ logged at DEBUG. Outside a transaction (autocommit) it is queued at once.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import inspect
 import logging
 import typing as t
 import weakref
@@ -30,7 +32,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 from .. import OutsideRequestError, after, current_chain
 from ..naming import callback_name
 from .database import callback_scope
-from .inline import take_errors
+from .inline import run_inline, take_errors
 from .runner import SettingsRunner
 
 logger = logging.getLogger("wsgi_after")
@@ -62,7 +64,7 @@ def after_commit(
 class _OnCommit:
     """The ``on_commit`` hook: queues the callback in the context of the ``after_commit()`` call."""
 
-    __slots__ = ("__weakref__", "args", "context", "func", "kwargs", "state")
+    __slots__ = ("__weakref__", "alias", "args", "context", "func", "kwargs", "state")
 
     def __init__(
         self, func: t.Any, args: tuple[t.Any, ...], kwargs: dict[str, t.Any], alias: str
@@ -70,6 +72,7 @@ class _OnCommit:
         self.func = func
         self.args = args
         self.kwargs = kwargs
+        self.alias = alias
         self.context = contextvars.copy_context()
         self.state = [False]  # committed; shared with the finalizer
         # Django drops the hooks of a rolled-back transaction or savepoint: when it
@@ -85,7 +88,14 @@ class _OnCommit:
             # Committed after the request's response was closed: TestCase's
             # captureOnCommitCallbacks(execute=True), or a transaction that outlived
             # the view. Run it like a chain of its own.
-            SettingsRunner().submit(_LateCallback(self.func, self.args, self.kwargs, self.context))
+            late = _LateCallback(self.func, self.args, self.kwargs, self.context)
+            if transaction.get_connection(self.alias).in_atomic_block:
+                # A hook run inside an atomic block: captureOnCommitCallbacks(execute=True)
+                # in a TestCase (a real commit runs hooks outside any). Run it here and
+                # now, on the test's connection, as Django runs its on_commit hooks.
+                run_inline(late)
+            else:
+                SettingsRunner().submit(late)
             errors = take_errors()  # it ran inline (tests): fail like a chain would
             if errors:
                 raise errors[0] from None
@@ -139,4 +149,10 @@ class _LateCallback:
 
     def _call(self, func: t.Any, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> None:
         with self.scope():
-            func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            if inspect.isawaitable(result):  # a coroutine function, as after() runs it
+                asyncio.run(_await(result))
+
+
+async def _await(awaitable: t.Awaitable[object]) -> None:
+    await awaitable
