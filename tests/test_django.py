@@ -14,6 +14,7 @@ import typing as t
 import wsgiref.util
 
 import pytest
+from celery import Celery
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.wsgi import WSGIHandler
@@ -28,6 +29,7 @@ from tests.django_project import views
 from tests.django_project.shop.models import Note
 from tests.helpers import call, make_environ, serve, wait_for
 from wsgi_after import AfterMiddleware, InlineRunner, Outcome, OutsideRequestError
+from wsgi_after.celery import CeleryRunner
 from wsgi_after.django import (
     CapturedCallback,
     after_commit,
@@ -298,6 +300,34 @@ def test_after_commit_outside_a_transaction_is_after(
     settings.WSGI_AFTER = INLINE
     client.get("/commit/h?autocommit=1")
     assert recorded == [(("h", True), OK)]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", ["json", "cap"])
+def test_after_commit_refuses_at_the_call_what_after_would_refuse_at_commit(
+    kind: str, recorded: list[t.Any]
+) -> None:
+    # Checked only at commit, the row was committed, the client got a 500, and Django
+    # skipped the transaction's other on_commit hooks (issue 21, item 6).
+    letters: list[object] = []
+    runner: t.Any = InlineRunner()
+    if kind == "json":
+        runner = CeleryRunner(
+            Celery("django-checks", broker="redis://127.0.0.1:1/0"),
+            allow=["tests.django_project.views"],
+            retry_window=0,
+            dead_letter=letters.append,
+        )
+    app = AfterMiddleware(WSGIHandler(), runner=runner, max_callbacks=2)
+    try:
+        response = serve(app, f"/commit-checked/{kind}")
+    finally:
+        if isinstance(runner, CeleryRunner):
+            runner.shutdown(1)
+    assert response.status.startswith("200")
+    expected: list[object] = ["TypeError"] if kind == "json" else ["RuntimeError", 0, 1]
+    assert sorted(items(recorded), key=str) == sorted([*expected, "other hook"], key=str)
+    assert Note.objects.filter(text=f"checked-{kind}").count() == 1
 
 
 @pytest.mark.django_db(transaction=True, databases=["default", "other"])

@@ -161,3 +161,19 @@ def commit_async(request: HttpRequest, text: str) -> HttpResponse:
     with transaction.atomic():
         after_commit(remember_async, text)
     return HttpResponse("done")
+
+
+def commit_checked(request: HttpRequest, kind: str) -> HttpResponse:
+    """``after_commit()`` calls that ``after()`` would refuse, then another on_commit hook."""
+    with transaction.atomic():
+        Note.objects.create(text=f"checked-{kind}")
+        try:
+            if kind == "json":
+                after_commit(remember, object())  # a CeleryRunner cannot send it
+            else:
+                for i in range(3):  # past max_callbacks=2
+                    after_commit(remember, i)
+        except (TypeError, RuntimeError) as e:
+            recorded.append((type(e).__name__, None))
+        transaction.on_commit(lambda: recorded.append(("other hook", None)))
+    return HttpResponse("done")
