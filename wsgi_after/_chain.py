@@ -210,6 +210,11 @@ class Chain(ClosingResponse):
         code = int(status[:3]) if status and status[:3].isdecimal() else None
         return Outcome(code, self.sent_all(), self.error)
 
+    def returned(self) -> bool:
+        """Whether the app already returned this request's response, or the request
+        finished: a request that starts later in the same context is not nested in it."""
+        return hasattr(self, "_inner")  # set by wrap(), and when the chain is released
+
     def method_and_path(self) -> tuple[str, str]:
         """The request's method and full path (``SCRIPT_NAME + PATH_INFO``), unescaped."""
         return method_and_path(self.environ or {})

@@ -141,6 +141,12 @@ class AfterMiddleware(t.Generic[RunnerT]):
         environ["wsgi_after.chain"] = chain
         # Current until the response closes (on_close resets it), so that after()
         # works while the server iterates a streaming body.
+        previous = CURRENT.get()
+        if previous is not None and previous.returned():
+            # A request of this context whose response was never closed (or was closed
+            # from another thread): this one is not nested in it. Its token must not
+            # keep it alive, nor make it current again when this one closes.
+            CURRENT.set(None)
         chain.token = CURRENT.set(chain)
         file_wrapper = environ.get("wsgi.file_wrapper")
         hook = None
