@@ -27,6 +27,7 @@ shutdown event) call :func:`shutdown` with the time the server allows.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import os
@@ -171,12 +172,30 @@ def _interpreter_exiting() -> None:
         runner.exiting()
 
 
+def keep_exit_hook_first() -> None:
+    """Make ours the first of the hooks Python runs before it joins threads.
+
+    They run last registered first, and ``concurrent.futures`` registers one (that
+    joins its executors' threads) when it is first imported: imported after
+    ``wsgi_after``, it joined a request thread blocked on a full queue before ours
+    could release it, and the process never exited. Called as a runner starts a
+    thread and as a submitter starts to wait; cheap when ours is last already.
+    """
+    hooks = getattr(threading, "_threading_atexits", None)
+    if _register_atexit is None or hooks is None or (hooks and hooks[-1] is _interpreter_exiting):
+        return
+    with contextlib.suppress(RuntimeError):  # exiting already: too late to reorder
+        _register_atexit(_interpreter_exiting)
+
+
 if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(after_in_child=after_fork_in_child)
 atexit.register(_report_at_exit)  # before shutdown: atexit runs it after (last in, first out)
 atexit.register(shutdown)
 # Runs before Python joins non-daemon threads (and so before atexit handlers):
 # the only moment to release a request thread blocked on a full queue.
-_register_atexit = getattr(threading, "_register_atexit", None)
+_register_atexit: t.Callable[[t.Callable[[], None]], None] | None = getattr(
+    threading, "_register_atexit", None
+)
 if _register_atexit is not None:
     _register_atexit(_interpreter_exiting)
