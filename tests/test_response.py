@@ -4,6 +4,7 @@ ClosingFile with FileWrapperHook."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
 import types
 import typing as t
@@ -274,3 +275,43 @@ def test_a_file_wrapper_object_that_refuses_the_hook_is_wrapped_and_its_callback
     assert b"".join(response) == b"abc"
     t.cast(t.Any, response).close()
     assert ran == ["ran"]
+
+
+class StopTheGreenlet(BaseException):
+    """What gevent.Timeout is: a BaseException, not an Exception."""
+
+
+def outcome_of(app: t.Any, environ: dict[str, t.Any] | None = None) -> Outcome | None:
+    """Serve ``app`` as a server does (iterate, close) and return its callback's outcome()."""
+    seen: list[Outcome | None] = []
+
+    def view_app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        after(lambda: seen.append(outcome()))
+        return app(environ, start_response)
+
+    response = call(AfterMiddleware(view_app, runner=InlineRunner()), environ)
+    try:
+        for _ in response:
+            pass
+    except BaseException:
+        pass  # the server logs it (and sends a 500 if nothing was sent yet)
+    finally:
+        with contextlib.suppress(Exception):  # the server logs it
+            response.close()
+    [result] = seen
+    return result
+
+
+def test_a_base_exception_raised_while_the_server_iterates_is_the_outcome_error() -> None:
+    # Also open in issue 21: gevent.Timeout while the body is sent was not outcome().error.
+    stop = StopTheGreenlet()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"first"
+        raise stop
+
+    result = outcome_of(app)
+    assert result is not None
+    assert result.error is stop
+    assert result.completed is False

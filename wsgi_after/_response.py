@@ -105,7 +105,9 @@ class ClosingResponse:
         try:
             for chunk in self._inner:  # noqa: UP028 ('yield from' costs more per response)
                 yield chunk
-        except Exception as e:
+        except GeneratorExit:  # the server dropped or closed this iterator: not an error
+            raise
+        except BaseException as e:  # gevent.Timeout too
             self.error = e
             raise
         self.completed = True
