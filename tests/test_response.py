@@ -315,3 +315,28 @@ def test_a_base_exception_raised_while_the_server_iterates_is_the_outcome_error(
     assert result is not None
     assert result.error is stop
     assert result.completed is False
+
+
+class BodyClosingBadly:
+    """A body whose own close() raises."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        return iter([b"body"])
+
+    def close(self) -> None:
+        raise self.error
+
+
+def test_an_error_from_the_bodys_own_close_is_the_outcome_error() -> None:
+    # Also open in issue 21: it reached the server, but not outcome().error.
+    error = OSError("could not release the cursor")
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        start_response("200 OK", [])
+        return BodyClosingBadly(error)
+
+    result = outcome_of(app)
+    assert result == Outcome(200, True, error)

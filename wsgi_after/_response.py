@@ -121,6 +121,10 @@ class ClosingResponse:
             close = getattr(self._inner, "close", None)
             if close is not None:
                 close()
+        except BaseException as e:  # the server gets it too; the callbacks see it first
+            if self.error is None:
+                self.error = e
+            raise
         finally:
             self.on_close()
 
