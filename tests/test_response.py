@@ -340,3 +340,29 @@ def test_an_error_from_the_bodys_own_close_is_the_outcome_error() -> None:
 
     result = outcome_of(app)
     assert result == Outcome(200, True, error)
+
+
+class Proxy:
+    """A body behind a lazy proxy whose __getattr__ raises what is not AttributeError."""
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        return iter([b"lazy"])
+
+    def __getattr__(self, name: str) -> t.Any:
+        raise LookupError(f"the proxy has no {name!r} yet")
+
+
+def test_a_body_whose_getattr_raises_something_else_is_wrapped_and_sent() -> None:
+    # Also open in issue 21: wrap() asked hasattr(body, '__len__'), which passes on only
+    # AttributeError: the request failed, and its callbacks were reported never closed.
+    ran: list[str] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        after(ran.append, "ran")
+        start_response("200 OK", [])
+        return Proxy()
+
+    response = call(AfterMiddleware(app, runner=InlineRunner()))
+    assert b"".join(response) == b"lazy"
+    response.close()
+    assert ran == ["ran"]

@@ -92,7 +92,12 @@ class ClosingResponse:
         self._inner = result
         if kind is list:  # the commonest body
             self.__class__ = self.listed
-        elif hasattr(result, "__len__"):
+            return self
+        try:  # (inline: a call costs every response more)
+            sized = hasattr(result, "__len__")
+        except Exception:  # a lazy proxy's __getattr__ raising other than AttributeError
+            sized = False
+        if sized:
             self.__class__ = self.sized
         return self
 
@@ -118,7 +123,10 @@ class ClosingResponse:
         except IndexError:
             return
         try:
-            close = getattr(self._inner, "close", None)
+            try:  # (inline: a call costs every response more)
+                close = getattr(self._inner, "close", None)
+            except Exception:  # a lazy proxy's __getattr__: the body has no close()
+                close = None
             if close is not None:
                 close()
         except BaseException as e:  # the server gets it too; the callbacks see it first
