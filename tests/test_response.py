@@ -366,3 +366,42 @@ def test_a_body_whose_getattr_raises_something_else_is_wrapped_and_sent() -> Non
     assert b"".join(response) == b"lazy"
     response.close()
     assert ran == ["ran"]
+
+
+class SendFile:
+    """What a server's file_wrapper function (uWSGI's, mod_wsgi's) returns."""
+
+    def __init__(self, filelike: t.Any) -> None:
+        self.filelike = filelike
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        return iter([b"file"])
+
+    def close(self) -> None:
+        self.filelike.close()
+
+
+def server_file_wrapper(filelike: t.Any, block_size: int = 8192) -> SendFile:
+    return SendFile(filelike)
+
+
+def test_an_app_that_calls_the_file_wrapper_twice_keeps_sendfile() -> None:
+    # Also open in issue 21: only the object of the last call went back to the server
+    # unwrapped; returning the first one lost the server's sendfile path.
+    ran: list[str] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        after(ran.append, "ran")
+        start_response("200 OK", [])
+        first = environ["wsgi.file_wrapper"](io.BytesIO(b"first"))
+        environ["wsgi.file_wrapper"](io.BytesIO(b"second"))  # made, then dropped
+        made.append(first)
+        return first
+
+    made: list[SendFile] = []
+    environ = make_environ(extra={"wsgi.file_wrapper": server_file_wrapper})
+    response = call(AfterMiddleware(app, runner=InlineRunner()), environ)
+    assert response is made[0]  # the server's own object: its sendfile path
+    assert ran == []
+    response.close()
+    assert ran == ["ran"]

@@ -54,7 +54,8 @@ class ClosingResponse:
     _iterator: t.Iterator[bytes] | None
     #: The exception the app or its iterable raised.
     error: BaseException | None
-    #: What the server's ``wsgi.file_wrapper`` returned during the request.
+    #: What the server's ``wsgi.file_wrapper`` returned during the request (all of
+    #: it, when it was called more than once).
     file_response: object
 
     #: The subclass with ``__len__`` (and :class:`SizedMixin`) that :meth:`wrap`
@@ -84,7 +85,8 @@ class ClosingResponse:
             else:
                 self.completed = True  # as below
                 return result
-        if result is self.file_response:
+        made = self.file_response
+        if result is made or (type(made) is _Several and any(result is m for m in made)):
             # The server sends it, with sendfile where it can, and tells us no more
             # than close(): a file response counts as fully sent.
             self.completed = True
@@ -281,5 +283,17 @@ class FileWrapperHook:
         if response is None:  # called outside the request (another thread): nothing to hook
             return self.server_wrapper(filelike, *args, **kwargs)
         result = self.server_wrapper(ClosingFile(filelike, response), *args, **kwargs)
-        response.file_response = result
+        made = response.file_response
+        if made is None:
+            response.file_response = result
+        elif type(made) is _Several:  # an app that calls it more than once: any may be
+            made.append(result)  # the one it returns
+        else:
+            response.file_response = _Several((made, result))
         return result
+
+
+class _Several(list[object]):
+    """The objects of a request that called ``wsgi.file_wrapper`` more than once."""
+
+    __slots__ = ()
