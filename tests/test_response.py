@@ -405,3 +405,56 @@ def test_an_app_that_calls_the_file_wrapper_twice_keeps_sendfile() -> None:
     assert ran == []
     response.close()
     assert ran == ["ran"]
+
+
+@pytest.mark.parametrize("where", ["view", "body"])
+def test_the_status_is_the_500_the_server_sent_for_an_error_before_the_body(where: str) -> None:
+    # Also open in issue 21: the server itself answers 500 for an error raised before any
+    # of the body was sent; outcome().status said the app's 200 (or None).
+    import http.client
+    import threading
+    import wsgiref.simple_server
+
+    seen: list[Outcome | None] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterator[bytes]:
+        after(lambda: seen.append(outcome()))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        if where == "view":
+            raise RuntimeError("the view failed")
+        return failing_body()
+
+    def failing_body() -> t.Iterator[bytes]:
+        raise RuntimeError("the body failed")
+        yield b"never"
+
+    class Quiet(wsgiref.simple_server.WSGIRequestHandler):
+        def log_message(self, *args: t.Any) -> None:
+            pass
+
+    class QuietServer(wsgiref.simple_server.WSGIServer):
+        def handle_error(self, request: t.Any, client_address: t.Any) -> None:
+            pass  # the view's error, raised into the server: logged by it, as a real one
+
+    server = wsgiref.simple_server.make_server(
+        "127.0.0.1",
+        0,
+        AfterMiddleware(app, runner=InlineRunner()),
+        server_class=QuietServer,
+        handler_class=Quiet,
+    )
+    thread = threading.Thread(target=server.handle_request)
+    thread.start()
+    try:
+        client = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=TIMEOUT)
+        client.request("GET", "/")
+        status = client.getresponse().status
+        client.close()
+        thread.join(TIMEOUT)
+    finally:
+        server.server_close()
+    assert status == 500
+    [result] = seen
+    assert result is not None
+    assert result.status == 500
+    assert isinstance(result.error, RuntimeError)

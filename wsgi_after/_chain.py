@@ -95,7 +95,8 @@ class OutsideRequestError(RuntimeError):
 class Outcome(t.NamedTuple):
     """How the request that queued a callback ended, as :func:`outcome` reports it."""
 
-    #: The status code the client got from ``start_response``, or None if it was never called.
+    #: The status code the client got: from ``start_response``, or the 500 the server
+    #: sends itself for an error raised before any of the body was sent; else None.
     status: int | None
     #: False when the body was not fully sent (client disconnect, error while iterating).
     completed: bool
@@ -203,6 +204,11 @@ class Chain(ClosingResponse):
             write = self._start_response(status, headers, exc_info)  # type: ignore[misc]
         self.status = status
         return write
+
+    def on_error_before_body(self) -> None:
+        """The server answers this request with its own 500 (PEP 3333 leaves it the
+        error raised before the headers were sent): that is the status the client got."""
+        self.status = "500 Internal Server Error"
 
     def outcome(self) -> Outcome:
         """The request's :class:`Outcome` as recorded so far."""

@@ -109,13 +109,16 @@ class ClosingResponse:
         return self.completed
 
     def __iter__(self) -> t.Iterator[bytes]:
+        chunk = None
         try:
-            for chunk in self._inner:  # noqa: UP028 ('yield from' costs more per response)
+            for chunk in self._inner:  # ('yield from' costs more per response)
                 yield chunk
         except GeneratorExit:  # the server dropped or closed this iterator: not an error
             raise
         except BaseException as e:  # gevent.Timeout too
             self.error = e
+            if chunk is None:  # nothing was sent: the server answers with an error itself
+                self.on_error_before_body()
             raise
         self.completed = True
 
@@ -140,6 +143,10 @@ class ClosingResponse:
 
     def on_close(self) -> None:
         """Called once, after the app's iterable was closed; subclasses act here."""
+
+    def on_error_before_body(self) -> None:
+        """Called when the app or its body raised before any of the body was sent: the
+        server answers with an error response of its own (a 500); subclasses record it."""
 
 
 class SizedMixin:

@@ -160,6 +160,7 @@ class AfterMiddleware(t.Generic[RunnerT]):
             result = self.app(environ, chain.start_response)
         except BaseException as e:
             chain.error = e
+            chain.on_error_before_body()
             chain.on_close()
             raise
         finally:
