@@ -96,7 +96,8 @@ class Outcome(t.NamedTuple):
     """How the request that queued a callback ended, as :func:`outcome` reports it."""
 
     #: The status code the client got: from ``start_response``, or the 500 the server
-    #: sends itself for an error raised before any of the body was sent; else None.
+    #: sends itself for an error raised before any of the body was sent; else None
+    #: (uWSGI closes the connection instead).
     status: int | None
     #: False when the body was not fully sent (client disconnect, error while iterating).
     completed: bool
@@ -207,8 +208,13 @@ class Chain(ClosingResponse):
 
     def on_error_before_body(self) -> None:
         """The server answers this request with its own 500 (PEP 3333 leaves it the
-        error raised before the headers were sent): that is the status the client got."""
-        self.status = "500 Internal Server Error"
+        error raised before the headers were sent): that is the status the client got.
+        uWSGI sends none: it closes the connection (so the status is None)."""
+        environ = self.environ
+        if environ is not None and "uwsgi.version" in environ:
+            self.status = None
+        else:
+            self.status = "500 Internal Server Error"
 
     def outcome(self) -> Outcome:
         """The request's :class:`Outcome` as recorded so far."""

@@ -189,7 +189,7 @@ def test_outcome_on_the_worker_carries_the_error(
     with pytest.raises(KeyError):
         serve(AfterMiddleware(app, runner=runner))
     [row] = cluster.rows(1)
-    assert row[2:5] == (None, 0, "KeyError: 'missing order'")
+    assert row[2:5] == (500, 0, "KeyError: 'missing order'")  # the server's own 500
 
 
 def test_an_argument_mutated_after_after_is_sent_as_it_was_passed(
