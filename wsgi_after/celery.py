@@ -500,11 +500,18 @@ def _forget_inherited_connections(celery_app: celery.Celery) -> None:
     """In a child after a plain ``fork()`` (gunicorn ``--preload``): make the app and
     kombu's pools open new connections. A socket shared with the parent and the other
     children interleaves their frames: py-amqp publishers hung in a read, for ever."""
-    _inherited.append((celery_app.pool, celery_app.producer_pool, dict(kombu.pools.connections),
-                       dict(kombu.pools.producers)))  # fmt: skip
+    # The app's pools are kombu's (its connection pool and producer pool come from
+    # kombu.pools' groups): keep them all, then empty the groups.
+    _inherited.append((dict(kombu.pools.connections), dict(kombu.pools.producers)))
     kombu.pools.connections.clear()
     kombu.pools.producers.clear()
-    celery_app._after_fork()  # what Celery runs in the children of its own pool
+    # What Celery runs in the children of its own pool: the app drops its references.
+    after_fork = getattr(celery_app, "_after_fork", None)
+    if after_fork is not None:
+        try:
+            after_fork()
+        except Exception:  # a fork hook must not fail the child's other resets
+            logger.exception("Could not reset the Celery app's broker pools after fork().")
 
 
 def allowed_modules(allow: object) -> tuple[str, ...]:
