@@ -21,4 +21,5 @@ urlpatterns = [
     path("other-db", views.other_db),
     path("view-row", views.view_row),
     path("async-count/<str:text>", views.async_count),
+    path("task/<str:name>", views.enqueue),
 ]

@@ -27,6 +27,8 @@ from .shop.models import Note
 
 recorded: list[t.Any] = []
 gate = threading.Event()
+#: The TaskResults that the ``task`` view's enqueue() returned (tests in this process).
+results: list[t.Any] = []
 
 
 def remember(item: object, wait: bool = False) -> None:
@@ -177,3 +179,13 @@ def commit_checked(request: HttpRequest, kind: str) -> HttpResponse:
             recorded.append((type(e).__name__, None))
         transaction.on_commit(lambda: recorded.append(("other hook", None)))
     return HttpResponse("done")
+
+
+def enqueue(request: HttpRequest, name: str) -> HttpResponse:
+    """Enqueues the task ``name`` of ``tasks`` between two ``after()`` callbacks."""
+    from . import tasks  # the tasks import this module
+
+    after(remember, "before", wait="wait" in request.GET)
+    results.append(getattr(tasks, name).enqueue(request.GET.get("arg", "ada")))
+    after(remember, "after")
+    return HttpResponse("queued")

@@ -3,6 +3,7 @@
 ::
 
     WSGI_AFTER = {"MAX_WORKERS": 8, "ON_FULL": "drop"}
+    WSGI_AFTER = {"RUNNER": "tasks", "TASKS_BACKEND": "durable", "ALLOW": ["shop.tasks"]}
 
 :func:`options` reads ``settings.WSGI_AFTER`` at first use and keeps the result;
 ``override_settings`` (and anything else that sends ``setting_changed``) makes it
@@ -20,6 +21,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from ..remote import allowed_modules
+
 #: The keys of ``WSGI_AFTER`` and their defaults: the core's (see ``ThreadRunner``).
 DEFAULTS: dict[str, object] = {
     "MAX_WORKERS": None,  # min(32, cpu_count + 4), like ThreadPoolExecutor
@@ -27,6 +30,11 @@ DEFAULTS: dict[str, object] = {
     "ON_FULL": "block",
     "DRAIN_TIMEOUT": 25.0,  # under gunicorn's 30 s graceful_timeout
     "INLINE": False,
+    # Where requests' callbacks go: "threads" (the pool above) or "tasks" (a
+    # django.tasks backend's workers, see wsgi_after.django.tasks.TasksRunner).
+    "RUNNER": "threads",
+    "TASKS_BACKEND": "default",  # the TASKS alias "tasks" hands callbacks to
+    "ALLOW": [],  # modules whose functions a tasks worker may run (never the message's)
 }
 
 
@@ -39,6 +47,9 @@ class Options:
     on_full: t.Literal["block", "run", "drop"]
     drain_timeout: float
     inline: bool
+    runner: t.Literal["threads", "tasks"]
+    tasks_backend: str
+    allow: tuple[str, ...]
 
 
 def problems(value: object) -> list[str]:
@@ -72,6 +83,18 @@ def problems(value: object) -> list[str]:
     inline = value.get("INLINE", False)
     if type(inline) is not bool:
         found.append(f"WSGI_AFTER['INLINE'] must be True or False, got {inline!r}.")
+    runner = value.get("RUNNER", "threads")
+    if runner not in ("threads", "tasks"):
+        found.append(f"WSGI_AFTER['RUNNER'] must be 'threads' or 'tasks', got {runner!r}.")
+    alias = value.get("TASKS_BACKEND", "default")
+    if not isinstance(alias, str) or not alias:
+        found.append(
+            f"WSGI_AFTER['TASKS_BACKEND'] must be an alias of the TASKS setting, got {alias!r}."
+        )
+    try:
+        allowed_modules(value.get("ALLOW", []), setting="WSGI_AFTER['ALLOW']")
+    except ValueError as e:
+        found.append(str(e))
     return found
 
 
@@ -96,6 +119,9 @@ def options() -> Options:
         on_full=full["ON_FULL"],
         drain_timeout=float(full["DRAIN_TIMEOUT"]),
         inline=full["INLINE"],
+        runner=full["RUNNER"],
+        tasks_backend=full["TASKS_BACKEND"],
+        allow=allowed_modules(full["ALLOW"], setting="WSGI_AFTER['ALLOW']"),
     )
     _cached[:] = [read]
     return read
