@@ -86,7 +86,9 @@ class ClosingResponse:
                 self.completed = True  # as below
                 return result
         made = self.file_response
-        if result is made or (type(made) is _Several and any(result is m for m in made)):
+        if made is not None and (
+            result is made or (type(made) is _Several and any(result is m for m in made))
+        ):
             # The server sends it, with sendfile where it can, and tells us no more
             # than close(): a file response counts as fully sent.
             self.completed = True
