@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import typing as t
@@ -59,6 +60,14 @@ def _threads() -> set[threading.Thread]:
     return {thread for thread in threading.enumerate() if thread.is_alive()}
 
 
+def _asgiref_threads() -> set[threading.Thread]:
+    """The thread of asgiref's process-wide executor (``sync_to_async``, which Django's
+    async ORM uses): started on first use and kept, by design."""
+    sync = sys.modules.get("asgiref.sync")
+    executor = getattr(getattr(sync, "SyncToAsync", None), "single_thread_executor", None)
+    return set(getattr(executor, "_threads", ()))
+
+
 def _left_running(before: set[threading.Thread]) -> list[str]:
     """Threads the test started that still run (a runner's workers, a server's), after
     giving those that are ending a moment to end; each with the runner it serves."""
@@ -67,7 +76,11 @@ def _left_running(before: set[threading.Thread]) -> list[str]:
         gc.collect()  # a runner freed ends its idle workers
     for thread in _threads() - before:
         thread.join(max(0.0, deadline - time.monotonic()))
-    names = sorted(t.name for t in _threads() - before if not t.name.startswith(PROCESS_THREADS))
+    names = sorted(
+        t.name
+        for t in _threads() - before - _asgiref_threads()
+        if not t.name.startswith(PROCESS_THREADS)
+    )
     if not names:
         return []
     gc.collect()

@@ -535,6 +535,7 @@ class ThreadRunner:
             self._submit_blocking(fn)
 
     def _submit_blocking(self, fn: t.Callable[[], object]) -> None:
+        lifecycle.keep_exit_hook_first()  # so that exit releases this thread, whatever hook
         with self._lock:
             self._blocked += 1
             try:
@@ -579,6 +580,7 @@ class ThreadRunner:
         now = time.monotonic()
         if self._live and now - self._start_error_at < 1.0:
             return False  # it failed a moment ago: do not try on every request
+        lifecycle.keep_exit_hook_first()  # before an executor's, imported after us
         worker = _Worker()
         thread = threading.Thread(
             target=_work,

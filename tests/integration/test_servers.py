@@ -140,7 +140,7 @@ def test_app_raises_before_returning(server: Server) -> None:
     else:
         assert fetch(server.port, "/raises", rid).status == expected
     [(name, status, completed, _, _)] = wait_for_runs(server.db, rid, 1)
-    assert (name, status, completed) == ("raises", None, 0)
+    assert (name, status, completed) == ("raises", expected, 0)  # what the client got
 
 
 def test_error_while_iterating(server: Server) -> None:
