@@ -15,6 +15,7 @@ import typing as t
 import wsgiref.util
 
 import pytest
+from celery import Celery
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.wsgi import WSGIHandler
@@ -29,6 +30,7 @@ from tests.django_project import views
 from tests.django_project.shop.models import Note
 from tests.helpers import call, make_environ, serve, wait_for
 from wsgi_after import AfterMiddleware, InlineRunner, Outcome, OutsideRequestError
+from wsgi_after.celery import CeleryRunner
 from wsgi_after.django import (
     CapturedCallback,
     after_commit,
@@ -226,6 +228,35 @@ def test_worker_threads_close_their_connections(client: Client) -> None:
     wait_for(lambda: other_connections() == baseline, what="the workers' connections to close")
 
 
+@pytest.mark.django_db(transaction=True)
+def test_async_callbacks_connections_are_closed_and_survive_a_terminated_backend(
+    client: Client, recorded: list[t.Any]
+) -> None:
+    # The async ORM runs its queries on asgiref's thread for thread-sensitive code, not
+    # on the worker thread whose connections close_old_connections() closes (issue 21, 3).
+    Note.objects.create(text="async-row")
+    assert client.get("/async-count/async-row").status_code == 200
+    wait_idle()
+    [(count, pid)] = recorded
+    assert count == 1
+    with connection.cursor() as cursor:
+        cursor.execute("select pg_terminate_backend(%s)", [pid])
+    for _ in range(2):  # every later async callback gets a working connection
+        assert client.get("/async-count/async-row").status_code == 200
+        wait_idle()
+    assert [count for count, _ in recorded] == [1, 1, 1]
+    pids = {pid for _, pid in recorded}
+
+    def closed() -> bool:  # CONN_MAX_AGE=0: closed after each callback
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "select count(*) from pg_stat_activity where pid = any(%s)", [list(pids)]
+            )
+            return int(cursor.fetchone()[0]) == 0
+
+    wait_for(closed, what="the async callbacks' connections to close")
+
+
 # -- after_commit with real commits ----------------------------------------------------
 
 
@@ -271,6 +302,34 @@ def test_after_commit_outside_a_transaction_is_after(
     settings.WSGI_AFTER = INLINE
     client.get("/commit/h?autocommit=1")
     assert recorded == [(("h", True), OK)]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", ["json", "cap"])
+def test_after_commit_refuses_at_the_call_what_after_would_refuse_at_commit(
+    kind: str, recorded: list[t.Any]
+) -> None:
+    # Checked only at commit, the row was committed, the client got a 500, and Django
+    # skipped the transaction's other on_commit hooks (issue 21, item 6).
+    letters: list[object] = []
+    runner: t.Any = InlineRunner()
+    if kind == "json":
+        runner = CeleryRunner(
+            Celery("django-checks", broker="redis://127.0.0.1:1/0"),
+            allow=["tests.django_project.views"],
+            retry_window=0,
+            dead_letter=letters.append,
+        )
+    app = AfterMiddleware(WSGIHandler(), runner=runner, max_callbacks=2)
+    try:
+        response = serve(app, f"/commit-checked/{kind}")
+    finally:
+        if isinstance(runner, CeleryRunner):
+            runner.shutdown(1)
+    assert response.status.startswith("200")
+    expected: list[object] = ["TypeError"] if kind == "json" else ["RuntimeError", 0, 1]
+    assert sorted(items(recorded), key=str) == sorted([*expected, "other hook"], key=str)
+    assert Note.objects.filter(text=f"checked-{kind}").count() == 1
 
 
 @pytest.mark.django_db(transaction=True, databases=["default", "other"])
@@ -361,6 +420,23 @@ def test_after_inline_runs_a_commit_after_the_response_inline(
     assert items(recorded) == [("n", True)]  # at once: nothing on the pool
 
 
+class ThreadPoolTestCaseTests(TestCase):
+    """``TestCase`` with the default settings (the thread pool)."""
+
+    def test_capture_on_commit_execute_runs_after_commit_callbacks_in_the_tests_thread(
+        self,
+    ) -> None:
+        # The commit comes after the response closed: the callbacks went to the thread
+        # pool (another connection: no TestCase rows), had not run when the block ended,
+        # and an async one never ran (issue 21, item 5).
+        with self.captureOnCommitCallbacks(execute=True) as hooks:
+            self.client.get("/commit/k")
+            self.client.get("/commit-async/l")
+            assert views.recorded == []  # TestCase's transaction never commits
+        assert len(hooks) == 2
+        assert items(views.recorded) == [("k", True), "l"]
+
+
 # -- settings and system checks --------------------------------------------------------
 
 
@@ -433,6 +509,11 @@ def test_check_catches_a_missing_middleware(settings: SettingsWrapper) -> None:
             {"DRAIN_TIMEOUT": -1},
             "WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0, got -1.",
             id="drain-timeout",
+        ),
+        pytest.param(  # nan < 0 is False: it passed, then every request's runner refused it
+            {"DRAIN_TIMEOUT": float("nan")},
+            "WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0, got nan.",
+            id="drain-timeout-nan",
         ),
         pytest.param(
             {"INLINE": "yes"},

@@ -27,6 +27,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import gc
 import inspect
 import logging
 import threading
@@ -94,7 +95,9 @@ class OutsideRequestError(RuntimeError):
 class Outcome(t.NamedTuple):
     """How the request that queued a callback ended, as :func:`outcome` reports it."""
 
-    #: The status code the client got from ``start_response``, or None if it was never called.
+    #: The status code the client got: from ``start_response``, or the 500 the server
+    #: sends itself for an error raised before any of the body was sent; else None
+    #: (uWSGI closes the connection instead).
     status: int | None
     #: False when the body was not fully sent (client disconnect, error while iterating).
     completed: bool
@@ -203,11 +206,26 @@ class Chain(ClosingResponse):
         self.status = status
         return write
 
+    def on_error_before_body(self) -> None:
+        """The server answers this request with its own 500 (PEP 3333 leaves it the
+        error raised before the headers were sent): that is the status the client got.
+        uWSGI sends none: it closes the connection (so the status is None)."""
+        environ = self.environ
+        if environ is not None and "uwsgi.version" in environ:
+            self.status = None
+        else:
+            self.status = "500 Internal Server Error"
+
     def outcome(self) -> Outcome:
         """The request's :class:`Outcome` as recorded so far."""
         status = self.status
         code = int(status[:3]) if status and status[:3].isdecimal() else None
         return Outcome(code, self.sent_all(), self.error)
+
+    def returned(self) -> bool:
+        """Whether the app already returned this request's response, or the request
+        finished: a request that starts later in the same context is not nested in it."""
+        return hasattr(self, "_inner")  # set by wrap(), and when the chain is released
 
     def method_and_path(self) -> tuple[str, str]:
         """The request's method and full path (``SCRIPT_NAME + PATH_INFO``), unescaped."""
@@ -697,6 +715,41 @@ class PendingChain(Chain):
             if events.listeners:
                 events.emit_each("never_closed", names, *self.method_and_path())
             self.discard()
+
+
+_open_at_exit = LossLog(
+    "its request was still running when the process exited (the server stopped waiting for it)."
+)
+
+
+def _name_open_requests() -> None:
+    """At exit, after the drain: log by name the callbacks of requests still open.
+
+    Found by a walk of the garbage collector's objects, once, at exit: tracking open
+    requests would cost every request that queues a callback.
+    """
+    found = False
+    for chain in gc.get_objects():
+        # type(), not isinstance(): that reads __class__, which a lazy object (Django's
+        # LazyObject) computes, and may raise.
+        if not (issubclass(type(chain), PendingChain) and chain.state == OPEN):
+            continue
+        with _handover:  # the request's thread may be in after() right now
+            if chain.state != OPEN:
+                continue
+            chain.state = CLOSING  # its after() and close() now refuse, or do nothing
+        names = chain.callback_names()
+        if names:
+            found = True
+            _open_at_exit.record(names, chain.describe())
+            if events.listeners:
+                events.emit_each("lost", names, *chain.method_and_path())
+        chain.discard()
+    if found:
+        _open_at_exit.close()
+
+
+lifecycle.report_at_exit(_name_open_requests)
 
 
 class SizedPendingChain(SizedMixin, PendingChain):

@@ -535,6 +535,7 @@ class ThreadRunner:
             self._submit_blocking(fn)
 
     def _submit_blocking(self, fn: t.Callable[[], object]) -> None:
+        lifecycle.keep_exit_hook_first()  # so that exit releases this thread, whatever hook
         with self._lock:
             self._blocked += 1
             try:
@@ -579,6 +580,7 @@ class ThreadRunner:
         now = time.monotonic()
         if self._live and now - self._start_error_at < 1.0:
             return False  # it failed a moment ago: do not try on every request
+        lifecycle.keep_exit_hook_first()  # before an executor's, imported after us
         worker = _Worker()
         thread = threading.Thread(
             target=_work,
@@ -765,6 +767,7 @@ class ThreadRunner:
             f" (it drained for {time.monotonic() - self._shutdown_at:.1f} s)."
         )
         lost = []
+        stops = 0
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -772,6 +775,10 @@ class ThreadRunner:
                 break
             if item is not None:
                 lost.append(item[0])
+            else:
+                stops += 1
+        for _ in range(stops):  # a worker still running (or draining) ends after its task
+            self._queue.put(None)
         for fn in lost:
             record_loss(self._lost, "lost", fn, self)
         with self._lock:

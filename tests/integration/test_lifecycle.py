@@ -5,8 +5,10 @@ gunicorn and waitress here; uWSGI and mod_wsgi have their own modules.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import signal
+import threading
 import time
 import uuid
 
@@ -19,6 +21,7 @@ from tests.integration.client import (
     wait_for_count,
     wait_for_runs,
 )
+from tests.integration.poll import poll
 from tests.integration.servers import free_port, gunicorn, running, waitress
 
 HOOKS = str(pathlib.Path(__file__).parent / "gunicorn_hooks.conf.py")
@@ -159,3 +162,30 @@ def test_waitress_without_the_recipe_loses_callbacks(tmp_path: pathlib.Path) -> 
         release(tmp_path / "runs.sqlite")
         assert process.wait(30) == -signal.SIGTERM
     assert count_runs(tmp_path / "runs.sqlite", "bare") < 200
+
+
+def test_waitress_names_the_callbacks_of_a_request_still_running_at_exit(
+    tmp_path: pathlib.Path,
+) -> None:
+    """waitress waits 5 s for its threads: a request still in its view then is cut off,
+    and its queued callback is named, not lost without a word (issue 21, item 9)."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    marker = pathlib.Path(f"{tmp_path / 'runs.sqlite'}.in-flight")
+
+    def request() -> None:
+        with contextlib.suppress(OSError):  # the server exits under it
+            fetch(port, "/in-flight", "in-flight-1", timeout=60)
+
+    client = threading.Thread(target=request, daemon=True)
+    with running(waitress(port), port, env=env_for(tmp_path), log=log) as process:
+        client.start()
+        assert poll(marker.exists, bool, 30), "the view never queued its callback"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    client.join(30)
+    lines = [line for line in log.read_text().splitlines() if "was not run" in line]
+    assert lines == [
+        "Callback 'matrix_app.record' queued by 'GET /in-flight' was not run: its request"
+        " was still running when the process exited (the server stopped waiting for it)."
+    ]

@@ -75,7 +75,8 @@ def problems(value: object) -> list[str]:
     if on_full not in ("block", "run", "drop"):
         found.append(f"WSGI_AFTER['ON_FULL'] must be 'block', 'run' or 'drop', got {on_full!r}.")
     drain = value.get("DRAIN_TIMEOUT", 25.0)
-    if type(drain) not in (int, float) or drain < 0:  # bool is not a number of seconds
+    # bool is not a number of seconds; 'not >= 0' refuses nan too
+    if type(drain) not in (int, float) or not drain >= 0:
         found.append(
             f"WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0, got {drain!r}."
         )
