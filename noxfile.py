@@ -125,14 +125,18 @@ def newest(session: nox.Session) -> None:
 @nox.session(python=PYTHONS[-1])
 @nox.parametrize("sdk", list(SENTRY_SDKS))
 def sentry(session: nox.Session, sdk: str) -> None:
-    """The Sentry recipe (its test and README's block) on one major release of sentry-sdk."""
+    """The Sentry recipe (its test and its blocks in README and docs/) on one major release
+    of sentry-sdk."""
     constraints = constraints_without(session, ["sentry-sdk"])
     session.install("-e", ".[test]", SENTRY_SDKS[sdk], "-c", constraints)
     session.run("python", "-m", "pip", "show", "sentry-sdk", silent=False)
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    readme = [
-        f"tests/test_readme.py::{test}[block{i}]"
-        for i, block in enumerate(blocks)
+    root = README.parent
+    readme = [  # tests/test_readme.py's ids: the page, and the block's index in it
+        f"tests/test_readme.py::{test}[{page.relative_to(root).as_posix()}:{i}]"
+        for page in [README, *sorted((root / "docs").rglob("*.md"))]
+        for i, block in enumerate(
+            re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)
+        )
         if "import sentry_sdk" in block
         for test in ("test_readme_block_runs", "test_readme_block_passes_mypy_strict")
     ]

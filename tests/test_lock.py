@@ -1,4 +1,4 @@
-"""The lock: ``constraints.txt`` pins every package of the ``test`` and ``dev`` extras
+"""The lock: ``constraints.txt`` pins every package of the ``test``, ``dev`` and ``docs`` extras
 (``nox -s lock`` refreshes it), README's test command and CI install from it, and the
 library's own requirements stay open ranges."""
 
@@ -28,12 +28,13 @@ def pinned() -> set[str]:
 
 
 def test_the_lock_pins_every_package_of_the_test_and_dev_extras() -> None:
-    wanted = {name(r) for which in ("test", "dev", "bench") for r in extra(which)}
+    wanted = {name(r) for which in ("test", "dev", "bench", "docs") for r in extra(which)}
     assert wanted - {"wsgi-after"} - pinned() == set()
 
 
 def test_readme_and_ci_install_from_the_lock() -> None:
-    readme = (ROOT / "README.md").read_text()
+    # README's quick start, and the Development page of the docs (README's section moved there).
+    readme = (ROOT / "README.md").read_text() + (ROOT / "docs" / "development.md").read_text()
     assert "python -m pip install -e '.[test]' -c constraints.txt && python -m pytest" in readme
     assert "python -m pip install -e '.[dev]' -c constraints.txt" in readme
     assert "nox -s lock" in readme
