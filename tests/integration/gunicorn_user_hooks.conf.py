@@ -1,4 +1,4 @@
-# A gunicorn.conf.py with the user's own hooks, composed with wsgi_after's (the README).
+# A gunicorn.conf.py with the user's own hooks, composed with wsgi_after's (docs/guides/gunicorn.md).
 import os
 import typing as t
 
