@@ -1,4 +1,5 @@
-# A gunicorn.conf.py with the user's own hooks, composed with wsgi_after's (docs/guides/gunicorn.md).
+# A gunicorn.conf.py with the user's own hooks, composed with wsgi_after's
+# (docs/guides/gunicorn.md).
 import os
 import typing as t
 
