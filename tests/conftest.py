@@ -12,7 +12,7 @@ import pytest
 
 import wsgi_after.runner
 from wsgi_after import ThreadRunner
-from wsgi_after._chain import CURRENT
+from wsgi_after._context import CURRENT
 
 
 @pytest.fixture(autouse=True)

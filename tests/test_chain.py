@@ -29,7 +29,7 @@ from wsgi_after import (
     events,
     outcome,
 )
-from wsgi_after._chain import CURRENT
+from wsgi_after._context import CURRENT
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -995,6 +995,7 @@ def test_a_request_that_queued_nothing_never_takes_the_hand_over_lock(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import wsgi_after._chain
+    import wsgi_after._context
 
     taken: list[str] = []
 
@@ -1015,7 +1016,9 @@ def test_a_request_that_queued_nothing_never_takes_the_hand_over_lock(
         def __exit__(self, *exc_info: object) -> None:
             self.release()
 
-    monkeypatch.setattr(wsgi_after._chain, "_handover", CountingLock())
+    lock = CountingLock()  # after() and on_close() share it
+    monkeypatch.setattr(wsgi_after._context, "handover", lock)
+    monkeypatch.setattr(wsgi_after._chain, "handover", lock)
     app = AfterMiddleware(text_app(lambda environ: None), runner=InlineRunner())
     serve(app)
     assert taken == []

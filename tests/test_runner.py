@@ -948,7 +948,10 @@ def test_the_defaults_are_documented_ones(monkeypatch: pytest.MonkeyPatch) -> No
         ({"idle_timeout": 0}, "'idle_timeout' must be more than 0 seconds, got 0."),
         ({"slow_callback": -1}, "'slow_callback' must be a number of seconds of at least 0"),
         ({"slow_callback": 0}, "'slow_callback' must be more than 0 seconds (None: off), got 0."),
-        ({"drain_timeout": "x"}, "'drain_timeout' must be a number of seconds or None, got 'x'."),
+        (
+            {"drain_timeout": "x"},
+            "'drain_timeout' must be a number of seconds of at least 0 (inf: no limit), got 'x'.",
+        ),
     ],
 )
 def test_bad_timeouts_are_named(options: dict[str, t.Any], message: str) -> None:

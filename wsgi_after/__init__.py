@@ -12,15 +12,13 @@
     app = AfterMiddleware(app)
 """
 
-import sys
-
 from ._chain import Chain as Chain
-from ._chain import Outcome as Outcome
-from ._chain import OutsideRequestError as OutsideRequestError
-from ._chain import after as after
-from ._chain import current_chain as current_chain
-from ._chain import outcome as outcome
 from ._chain import override_runner as override_runner
+from ._context import OutsideRequestError as OutsideRequestError
+from ._context import after as after
+from ._context import current_chain as current_chain
+from ._context import outcome as outcome
+from ._request import Outcome as Outcome
 from .lifecycle import shutdown as shutdown_runners
 from .lifecycle import start as start_runners
 from .middleware import AfterMiddleware as AfterMiddleware
@@ -49,12 +47,3 @@ __all__ = [
     "shutdown_runners",
     "start_runners",
 ]
-
-if "uwsgi" in sys.modules:  # under uWSGI: its fork, exit and threads hooks
-    from . import uwsgi
-
-    uwsgi.install()
-if "mod_wsgi" in sys.modules:  # under mod_wsgi: drain at its shutdown event
-    from . import mod_wsgi
-
-    mod_wsgi.install()

@@ -54,7 +54,10 @@ import kombu.exceptions
 import kombu.serialization
 
 from . import events, lifecycle
-from ._chain import CURRENT, Chain, current_chain
+from ._chain import Chain
+from ._context import CURRENT, current_chain
+from ._execute import Received
+from ._request import Callback
 from .callback_stats import CallbackStats, NameStats, for_runner
 from .losslog import LossLog
 from .naming import callback_name, safe
@@ -628,11 +631,12 @@ def _run_chain(task: celery.Task, payload: object) -> None:
         logger.error("The Celery config %r is invalid (%s): only tasks run.", ALLOW_KEY, e)
         allow = ()
     environ = {"REQUEST_METHOD": _safe(method), "PATH_INFO": _safe(path, 2000)}
-    chain = Chain(environ, runner=None, start_response=None)  # type: ignore[arg-type]
-    chain.status = status
-    chain.completed = completed
-    if error is not None:
-        chain.error = RemoteError(*error)
+    chain = Received(
+        environ,
+        status,
+        completed=completed,
+        error=None if error is None else RemoteError(*error),
+    )
     trace_token = None
     if _propagator is not None:
         carrier = {key: getattr(task.request, key, None) for key in _TRACE_HEADERS}
@@ -646,7 +650,7 @@ def _run_chain(task: celery.Task, payload: object) -> None:
                 func = _resolve(task.app, reference, allow, request)
                 if func is not None:
                     context = contextvars.copy_context()
-                    chain.callbacks.append((func, tuple(args), kwargs, context))
+                    chain.callbacks.append(Callback(func, tuple(args), kwargs, context))
         finally:
             CURRENT.reset(token)
         chain()

@@ -43,7 +43,65 @@ from .naming import callback_name
 
 logger = logging.getLogger("wsgi_after")
 
+OnFull = t.Literal["block", "run", "drop"]
 ON_FULL = ("block", "run", "drop")
+
+
+def _quoted(name: str) -> str:
+    return f"'{name}'"
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolOptions:
+    """The options of a thread pool, their defaults and their checks, in one place.
+
+    :class:`ThreadRunner`, :class:`~wsgi_after.AfterMiddleware`, the Flask
+    extension's ``AFTER_*`` config and Django's ``WSGI_AFTER`` all take these.
+    """
+
+    #: Worker threads; None: ``min(32, cpu_count + 4)``, like
+    #: :class:`~concurrent.futures.ThreadPoolExecutor`, for I/O-bound callbacks.
+    max_workers: int | None = None
+    #: Tasks that may wait in the queue: 1000 absorbs bursts of several seconds
+    #: while keeping the backlog small enough to drain at shutdown.
+    max_pending: int = 1000
+    #: What ``submit()`` does when ``max_pending`` tasks wait.
+    on_full: OnFull = "block"
+    #: Seconds to drain at exit (``inf``: no limit): 25 s stays under gunicorn's
+    #: default ``graceful_timeout`` of 30 s, after which workers are killed.
+    drain_timeout: float = 25.0
+
+    def problems(self, name: t.Callable[[str], str] = _quoted) -> list[str]:
+        """What is wrong, one sentence per option naming the fix; ``name`` spells an
+        option's name as its user wrote it (``WSGI_AFTER['MAX_PENDING']``)."""
+        found = []
+        workers, pending, drain = self.max_workers, self.max_pending, self.drain_timeout
+        if workers is not None and (type(workers) is not int or workers < 1):
+            found.append(
+                f"{name('max_workers')} must be None or an int of at least 1, got {workers!r}."
+            )
+        if type(pending) is not int or pending < 1:
+            found.append(f"{name('max_pending')} must be an int of at least 1, got {pending!r}.")
+        if self.on_full not in ON_FULL:
+            found.append(
+                f"{name('on_full')} must be one of 'block', 'run' or 'drop', got {self.on_full!r}."
+            )
+        if type(drain) not in (int, float) or math.isnan(drain) or drain < 0:
+            found.append(
+                f"{name('drain_timeout')} must be a number of seconds of at least 0"
+                f" (inf: no limit), got {drain!r}."
+            )
+        return found
+
+    def check(self) -> None:
+        """:raises ValueError: the first of :meth:`problems`."""
+        found = self.problems()
+        if found:
+            raise ValueError(found[0])
+
+
+#: The defaults every integration shows.
+DEFAULT_POOL = PoolOptions()
 
 
 class Submits(t.Protocol):
@@ -405,18 +463,18 @@ class ThreadRunner:
     def __init__(
         self,
         *,
-        max_workers: int | None = None,
-        max_pending: int = 1000,
-        on_full: t.Literal["block", "run", "drop"] = "block",
-        drain_timeout: float = 25.0,
+        max_workers: int | None = DEFAULT_POOL.max_workers,
+        max_pending: int = DEFAULT_POOL.max_pending,
+        on_full: OnFull = DEFAULT_POOL.on_full,
+        drain_timeout: float = DEFAULT_POOL.drain_timeout,
         idle_timeout: float = 60.0,
         slow_callback: float | None = None,
         callback_stats: bool | CallbackStats = False,
         name: str = "wsgi-after",
     ) -> None:
+        PoolOptions(max_workers, max_pending, on_full, drain_timeout).check()
         if max_workers is None:
             max_workers = min(32, (os.cpu_count() or 1) + 4)
-        check_options(max_workers, max_pending, on_full, drain_timeout)
         idle = lifecycle.check_timeout(idle_timeout, "idle_timeout")
         if idle == 0:
             raise ValueError(f"'idle_timeout' must be more than 0 seconds, got {idle_timeout!r}.")
@@ -857,17 +915,3 @@ class InlineRunner:
     def shutdown(self, timeout: float | None = None) -> bool:
         """Nothing to do; always True."""
         return True
-
-
-def check_options(max_workers: int, max_pending: int, on_full: str, drain_timeout: float) -> None:
-    """Raise :class:`ValueError` naming the allowed values for a bad option."""
-    if type(max_workers) is not int or max_workers < 1:
-        raise ValueError(f"'max_workers' must be an int of at least 1, got {max_workers!r}.")
-    if type(max_pending) is not int or max_pending < 1:
-        raise ValueError(f"'max_pending' must be an int of at least 1, got {max_pending!r}.")
-    if on_full not in ON_FULL:
-        raise ValueError(f"'on_full' must be one of 'block', 'run' or 'drop', got {on_full!r}.")
-    try:
-        lifecycle.check_timeout(drain_timeout, "drain_timeout")
-    except TypeError as e:
-        raise ValueError(str(e)) from None

@@ -15,6 +15,7 @@ urlpatterns = [
     path("stream", views.stream),
     path("file", views.file),
     path("commit/<str:text>", views.commit),
+    path("commit-async/<str:text>", views.commit_async),
     path("nested", views.nested),
     path("other-db", views.other_db),
     path("view-row", views.view_row),

@@ -53,6 +53,10 @@ def remember_committed(text: str, wait: bool) -> None:
     remember((text, Note.objects.filter(text=f"{text}-row").exists()), wait)
 
 
+async def remember_async(item: object) -> None:
+    recorded.append((item, outcome()))
+
+
 def count_rows(text: str) -> None:
     remember(Note.objects.filter(text=text).count())
 
@@ -103,6 +107,12 @@ def commit(request: HttpRequest, text: str) -> HttpResponse:
         after_commit(remember_committed, text, wait="wait" in request.GET)
         if "rollback" in request.GET:
             transaction.set_rollback(True)
+    return HttpResponse("done")
+
+
+def commit_async(request: HttpRequest, text: str) -> HttpResponse:
+    with transaction.atomic():
+        after_commit(remember_async, text)
     return HttpResponse("done")
 
 

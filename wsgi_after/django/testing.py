@@ -40,8 +40,7 @@ class Capture:
         """Record the task's callbacks; run them inline, or forget them."""
         for entry in list(getattr(task, "callbacks", [])):
             if entry is not None:
-                func, args, kwargs, _ = entry
-                self.callbacks.append(CapturedCallback(func, args, kwargs))
+                self.callbacks.append(CapturedCallback(entry.func, entry.args, entry.kwargs))
         if self.execute:
             run_inline(task)
         else:

@@ -28,6 +28,8 @@ import weakref
 from django.db import DEFAULT_DB_ALIAS, transaction
 
 from .. import OutsideRequestError, after, current_chain
+from .._execute import Received
+from .._request import Callback
 from ..naming import callback_name
 from .database import callback_scope
 from .inline import take_errors
@@ -50,24 +52,31 @@ def after_commit(
     """
     if not callable(func):
         raise TypeError(f"'after_commit()' needs a callable, got {type(func).__name__!r}.")
-    if current_chain() is None:
+    chain = current_chain()
+    if chain is None:
         raise OutsideRequestError(
             "'after_commit()' was called outside a request. Put"
             " 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE."
         )
-    hook = _OnCommit(func, args, kwargs, using or DEFAULT_DB_ALIAS)
+    hook = _OnCommit(func, args, kwargs, using or DEFAULT_DB_ALIAS, chain.method_and_path())
     transaction.on_commit(hook, using=using)
 
 
 class _OnCommit:
     """The ``on_commit`` hook: queues the callback in the context of the ``after_commit()`` call."""
 
-    __slots__ = ("__weakref__", "args", "context", "func", "kwargs", "state")
+    __slots__ = ("__weakref__", "args", "context", "func", "kwargs", "request", "state")
 
     def __init__(
-        self, func: t.Any, args: tuple[t.Any, ...], kwargs: dict[str, t.Any], alias: str
+        self,
+        func: t.Any,
+        args: tuple[t.Any, ...],
+        kwargs: dict[str, t.Any],
+        alias: str,
+        request: tuple[str, str],
     ) -> None:
         self.func = func
+        self.request = request  # method and path, for the log lines of a late run
         self.args = args
         self.kwargs = kwargs
         self.context = contextvars.copy_context()
@@ -84,8 +93,11 @@ class _OnCommit:
         except OutsideRequestError:
             # Committed after the request's response was closed: TestCase's
             # captureOnCommitCallbacks(execute=True), or a transaction that outlived
-            # the view. Run it like a chain of its own.
-            SettingsRunner().submit(_LateCallback(self.func, self.args, self.kwargs, self.context))
+            # the view. Run it like a chain of its own (its outcome unknown: None).
+            method, path = self.request
+            late = Received({"REQUEST_METHOD": method, "PATH_INFO": path}, scope=callback_scope())
+            late.callbacks.append(Callback(self.func, self.args, self.kwargs, self.context.copy()))
+            SettingsRunner().submit(late)
             errors = take_errors()  # it ran inline (tests): fail like a chain would
             if errors:
                 raise errors[0] from None
@@ -99,44 +111,3 @@ def _rolled_back(state: list[bool], name: str, alias: str) -> None:
             name,
             alias,
         )
-
-
-class _LateCallback:
-    """An ``after_commit()`` callback whose transaction committed after its response closed."""
-
-    def __init__(
-        self,
-        func: t.Any,
-        args: tuple[t.Any, ...],
-        kwargs: dict[str, t.Any],
-        context: contextvars.Context,
-    ) -> None:
-        self.callbacks = [(func, args, kwargs, context)]
-        self.scope = callback_scope()
-
-    def describe(self) -> str:
-        return "a transaction committed after its response"
-
-    def callback_names(self) -> list[str]:
-        return [callback_name(c[0]) for c in self.callbacks]
-
-    def discard(self) -> None:
-        self.callbacks = []
-
-    def __call__(self) -> bool:
-        for func, args, kwargs, context in self.callbacks:
-            try:
-                context.copy().run(self._call, func, args, kwargs)
-            except Exception:
-                logger.error(
-                    "Callback '%s' queued with 'after_commit()' by %s raised.",
-                    callback_name(func),
-                    self.describe(),
-                    exc_info=True,
-                )
-                return False
-        return True
-
-    def _call(self, func: t.Any, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> None:
-        with self.scope():
-            func(*args, **kwargs)
