@@ -14,7 +14,7 @@ import typing as t
 
 import pytest
 
-import wsgi_after.runner
+import wsgi_after._pool
 from tests.helpers import TIMEOUT, serve, wait_for
 from wsgi_after import AfterMiddleware, InlineRunner, RunnerStats, ThreadRunner, after
 from wsgi_after.losslog import LossLog
@@ -838,7 +838,7 @@ def test_a_failed_thread_start_is_retried_after_a_second_only(
 ) -> None:
     now = [1000.0]
     monkeypatch.setattr(
-        wsgi_after.runner, "time", types.SimpleNamespace(monotonic=lambda: now[0], sleep=time.sleep)
+        wsgi_after._pool, "time", types.SimpleNamespace(monotonic=lambda: now[0], sleep=time.sleep)
     )
     runner = ThreadRunner(max_workers=2, drain_timeout=5, name="flaky")
     busy, release = threading.Event(), threading.Event()
@@ -876,7 +876,7 @@ def test_a_failed_thread_start_is_retried_after_a_second_only(
     monkeypatch.setattr(threading.Thread, "start", real_start)
     # The waits below take their deadlines from the real clock (wsgi_after.lifecycle):
     # the runner must read that clock too, however far from it the fake one is.
-    monkeypatch.setattr(wsgi_after.runner, "time", time)
+    monkeypatch.setattr(wsgi_after._pool, "time", time)
     release.set()
     assert runner.wait_idle(TIMEOUT)
     assert runner.shutdown(TIMEOUT) is True

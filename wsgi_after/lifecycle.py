@@ -26,6 +26,7 @@ middleware or runner (never by ``import wsgi_after``).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import os
 import sys
@@ -196,6 +197,27 @@ def after_fork_in_child() -> None:
     _registry = weakref.WeakSet(found)
     for runner in found:
         runner.reset_after_fork()
+
+
+def leave_forked_child(error: BaseException | None) -> t.NoReturn:
+    """A callback forked, and the child came back to the worker: end the child now.
+
+    The child must not run its parent's queued tasks, nor its parent's exit
+    handlers (they own the parent's connections), like :mod:`multiprocessing`'s
+    forked children. Exits with the ``SystemExit`` code, 1 after another error,
+    0 when the callback returned.
+    """
+    code = 0
+    if isinstance(error, SystemExit):
+        code = error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
+        if not isinstance(error.code, int) and error.code is not None:
+            print(error.code, file=sys.stderr)
+    elif error is not None:
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _interpreter_exiting() -> None:
