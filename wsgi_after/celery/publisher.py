@@ -329,7 +329,7 @@ class CeleryRunner:
             if self._broker_down and self._closing.is_set():
                 # Shutting down with the broker unreachable: no attempt (each may wait
                 # the app's broker_connection_timeout), so the drain ends at once.
-                return self._give_up(item.payload, self._unreachable_log)
+                return self._lose_attempted(item.payload, self._unreachable_log)
             try:
                 self.celery_app.send_task(
                     TASK_NAME,
@@ -342,24 +342,25 @@ class CeleryRunner:
                 self._broker_down = True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closing.is_set():
-                    return self._give_up(item.payload, self._unreachable_log)
+                    return self._lose_attempted(item.payload, self._unreachable_log)
                 with self._lock:
                     self._retried += 1
                 self._closing.wait(min(delay, remaining))
                 delay = min(delay * 2, 5.0)
             except kombu.exceptions.EncodeError:
-                return self._give_up(item.payload, self._encode_log)
+                return self._lose_attempted(item.payload, self._encode_log)
             except Exception:
                 # Its text may quote the payload: the traceback goes to DEBUG only.
                 logger.debug("Publishing to Celery raised.", exc_info=True)
-                return self._give_up(item.payload, self._error_log)
+                return self._lose_attempted(item.payload, self._error_log)
             else:
                 self._broker_down = False
                 with self._lock:
                     self._published += 1
                 return True
 
-    def _give_up(self, payload: dict[str, t.Any], log: LossLog) -> bool:
+    def _lose_attempted(self, payload: dict[str, t.Any], log: LossLog) -> bool:
+        """Lose a message a publish attempt failed on (counted as dead-lettered)."""
         with self._lock:
             self._dead_lettered += 1
         self._lose(payload, log, "lost")
