@@ -12,17 +12,21 @@
     app = AfterMiddleware(app)
 """
 
-from ._chain import Chain as Chain
 from ._chain import override_runner as override_runner
 from ._context import OutsideRequestError as OutsideRequestError
 from ._context import after as after
 from ._context import current_chain as current_chain
 from ._context import outcome as outcome
 from ._request import Outcome as Outcome
+from ._request import RequestView as Chain  # 0.1's name: the view, not the class
+from ._request import RequestView as RequestView
+
+# lifecycle.shutdown and lifecycle.start, under the names the package exports them by.
 from .lifecycle import shutdown as shutdown_runners
 from .lifecycle import start as start_runners
 from .middleware import AfterMiddleware as AfterMiddleware
 from .runner import InlineRunner as InlineRunner
+from .runner import PoolOptions as PoolOptions
 from .runner import Runner as Runner
 from .runner import RunnerStats as RunnerStats
 from .runner import Task as Task
@@ -35,6 +39,8 @@ __all__ = [
     "InlineRunner",
     "Outcome",
     "OutsideRequestError",
+    "PoolOptions",
+    "RequestView",
     "Runner",
     "RunnerStats",
     "Task",
