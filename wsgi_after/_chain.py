@@ -36,7 +36,7 @@ from ._request import (
     MAX_CALLBACKS,
     OPEN,
     QUEUED,
-    Callback,
+    Entry,
     RequestView,
 )
 from ._response import ClosingResponse, ListMixin, SizedMixin
@@ -107,7 +107,7 @@ class Chain(ClosingResponse, RequestView):
         # when the chain runs.
         self._once = [None]
         self.completed = False
-        self.callbacks: list[Callback | None] = []
+        self.callbacks: list[Entry | None] = []
         #: The request's environ; a snapshot of it once the server closed the
         #: response (servers may clear and reuse theirs); None once done.
         self.environ: WSGIEnvironment | None = environ

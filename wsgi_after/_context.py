@@ -33,7 +33,6 @@ from ._request import (
     TEARDOWN,
     WARNED_CAP,
     WARNED_TEARDOWN,
-    Callback,
     Outcome,
     RequestView,
 )
@@ -62,7 +61,6 @@ handover = threading.Lock()
 _copy_context = contextvars.copy_context
 _get_ident = threading.get_ident
 _CO_ASYNC_GENERATOR = inspect.CO_ASYNC_GENERATOR
-_new_callback = tuple.__new__  # Callback(...) without NamedTuple's Python-level __new__
 
 
 class OutsideRequestError(RuntimeError):
@@ -147,7 +145,7 @@ def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
         check = getattr(chain.runner, "check_callback", None)
         if check is not None:  # a runner that sends callbacks elsewhere (CeleryRunner)
             check(func, args, kwargs)
-        entry = _new_callback(Callback, (func, args, kwargs, _copy_context()))
+        entry = (func, args, kwargs, _copy_context())  # an Entry: a Callback's fields
         handover.acquire()  # not 'with': that costs twice as much, per after()
         try:
             chain.notes |= APPENDED

@@ -36,7 +36,7 @@ import typing as t
 from types import CoroutineType
 
 from . import events, lifecycle
-from ._request import MAX_CALLBACKS, QUEUED, RUNNING, TEARDOWN, Callback, RequestView, Scope
+from ._request import MAX_CALLBACKS, QUEUED, RUNNING, TEARDOWN, Entry, RequestView, Scope
 from .naming import callback_name
 
 if t.TYPE_CHECKING:
@@ -238,7 +238,7 @@ class Received(RequestView):
         error: BaseException | None = None,
         scope: Scope | None = None,
     ) -> None:
-        self.callbacks: list[Callback | None] = []
+        self.callbacks: list[Entry | None] = []
         self.environ: WSGIEnvironment | None = environ
         self.status = status
         self.completed = completed

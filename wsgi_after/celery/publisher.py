@@ -302,7 +302,7 @@ class CeleryRunner:
         snapshots = iter((chain.environ or {}).get(SNAPSHOTS_KEY) or ())
         snapshot = next(snapshots, None)
         callbacks = []
-        for func, args, kwargs, _ in filter(None, chain.callbacks):
+        for func, args, kwargs, _ in chain.queued():
             if snapshot is not None and snapshot[0] is func:
                 _, reference, sent_args, sent_kwargs = snapshot
                 snapshot = next(snapshots, None)
@@ -434,5 +434,4 @@ def trace_headers(chain: Chain) -> dict[str, str]:
     """The W3C trace context current at the first ``after()``, for the message headers."""
     if _otel_headers is None or not chain.callbacks:
         return {}
-    first = next(filter(None, chain.callbacks))
-    return _otel_headers(first.context)
+    return _otel_headers(chain.queued()[0].context)
