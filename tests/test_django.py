@@ -361,7 +361,8 @@ def test_check_catches_a_missing_middleware(settings: SettingsWrapper) -> None:
         pytest.param(
             {"WORKERS": 2},
             "'WSGI_AFTER' has an unknown key 'WORKERS'; the keys are 'MAX_WORKERS',"
-            " 'MAX_PENDING', 'ON_FULL', 'DRAIN_TIMEOUT', 'INLINE'.",
+            " 'MAX_PENDING', 'ON_FULL', 'DRAIN_TIMEOUT', 'INLINE', 'RUNNER', 'TASKS_BACKEND',"
+            " 'ALLOW'.",
             id="unknown-key",
         ),
         pytest.param(
@@ -389,6 +390,27 @@ def test_check_catches_a_missing_middleware(settings: SettingsWrapper) -> None:
             {"INLINE": "yes"},
             "WSGI_AFTER['INLINE'] must be True or False, got 'yes'.",
             id="inline",
+        ),
+        pytest.param(
+            {"RUNNER": "celery"},
+            "WSGI_AFTER['RUNNER'] must be 'threads' or 'tasks', got 'celery'.",
+            id="runner",
+        ),
+        pytest.param(
+            {"TASKS_BACKEND": ""},
+            "WSGI_AFTER['TASKS_BACKEND'] must be an alias of the TASKS setting, got ''.",
+            id="tasks-backend",
+        ),
+        pytest.param(
+            {"ALLOW": "shop"},
+            "WSGI_AFTER['ALLOW'] must be a list of module names, got 'str': write ['myapp.tasks'].",
+            id="allow-not-a-list",
+        ),
+        pytest.param(
+            {"ALLOW": ["os"]},
+            "WSGI_AFTER['ALLOW'] must not list 'os': a writer of the queue could call its"
+            " functions. List only your own modules.",
+            id="allow-stdlib",
         ),
     ],
 )

@@ -22,7 +22,7 @@ def test_all_lists_exactly_the_public_names() -> None:
 def test_core_imports_only_the_standard_library() -> None:
     code = (
         "import sys; before = set(sys.modules);"
-        "import wsgi_after, wsgi_after.middleware, wsgi_after.runner;"
+        "import wsgi_after, wsgi_after.middleware, wsgi_after.runner, wsgi_after.remote;"
         "new = {m.split('.')[0] for m in set(sys.modules) - before};"
         "print(sorted(new - sys.stdlib_module_names - {'wsgi_after'}))"
     )

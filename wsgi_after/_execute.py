@@ -211,12 +211,15 @@ class Received(RequestView):
     :param completed: whether the body was fully sent.
     :param error: the exception the app raised, if any.
     :param scope: a factory of the context manager entered around each callback.
+    :param description: what log lines name the request by, instead of ``METHOD /path``
+        (a task enqueued outside any request).
     """
 
     __slots__ = (
         "callbacks",
         "closed_at",
         "completed",
+        "description",
         "environ",
         "error",
         "max_callbacks",
@@ -237,8 +240,10 @@ class Received(RequestView):
         completed: bool = True,
         error: BaseException | None = None,
         scope: Scope | None = None,
+        description: str | None = None,
     ) -> None:
         self.callbacks: list[Entry | None] = []
+        self.description = description
         self.environ: WSGIEnvironment | None = environ
         self.status = status
         self.completed = completed
@@ -254,3 +259,8 @@ class Received(RequestView):
 
     def sent_all(self) -> bool:
         return self.completed
+
+    def describe(self) -> str:
+        if self.description is not None:
+            return self.description
+        return super().describe()

@@ -17,9 +17,8 @@ from __future__ import annotations
 import sys
 import typing as t
 
-from . import lifecycle
+from . import _context, lifecycle
 from ._chain import Chain
-from ._context import CURRENT
 from ._request import MAX_CALLBACKS
 from ._response import ClosingResponse, FileWrapperHook, closes_in_place
 from .runner import OnFull, Submits, ThreadRunner
@@ -29,6 +28,11 @@ if t.TYPE_CHECKING:
 
 
 RunnerT = t.TypeVar("RunnerT", bound=Submits)
+
+# Bound by assignment, not by 'from ... import': CPython 3.11 compiles a method call on
+# a name an import bound (CURRENT.set()) as an attribute load that makes a bound-method
+# object per call.
+CURRENT = _context.CURRENT
 
 
 class AfterMiddleware(t.Generic[RunnerT]):

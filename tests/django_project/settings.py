@@ -3,10 +3,13 @@
 - ``WSGI_AFTER_DJANGO_DB_NAME``: the database (the test runner's test database
   when gunicorn serves the project during the tests).
 - ``WSGI_AFTER_CONN_MAX_AGE`` and ``WSGI_AFTER_CONN_HEALTH_CHECKS``: as in Django.
+- ``WSGI_AFTER_RUNNER=tasks``: ``after()`` callbacks go to the ``durable`` django.tasks
+  backend (django-tasks-db), whose ``db_worker`` runs them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 SECRET_KEY = "wsgi-after-tests-only"
@@ -20,7 +23,25 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "wsgi_after.django",
     "tests.django_project.shop",
+    "django_tasks_db",  # the durable backend of the tasks runner's tests
 ]
+if importlib.util.find_spec("django.tasks") is None:  # Django < 6.0: the backport
+    INSTALLED_APPS.append("django_tasks")
+
+# WSGI_AFTER_TASKS_DEFAULT=immediate: Django's ImmediateBackend (benchmarks/django_tasks.py).
+_IMMEDIATE = (
+    "django_tasks.backends.immediate.ImmediateBackend"
+    if "django_tasks" in INSTALLED_APPS
+    else "django.tasks.backends.immediate.ImmediateBackend"
+)
+TASKS = {
+    "default": {
+        "BACKEND": _IMMEDIATE
+        if os.environ.get("WSGI_AFTER_TASKS_DEFAULT") == "immediate"
+        else "wsgi_after.django.tasks.AfterResponseBackend"
+    },
+    "durable": {"BACKEND": "django_tasks_db.DatabaseBackend"},
+}
 
 MIDDLEWARE = [
     "wsgi_after.django.AfterMiddleware",
@@ -52,7 +73,13 @@ DATABASES = {
     "other": _database("test", f"test_wsgi_after_django_other_{_RUN}"),
 }
 
-WSGI_AFTER = {"MAX_WORKERS": 4, "DRAIN_TIMEOUT": 10.0}
+WSGI_AFTER: dict[str, object] = {
+    "MAX_WORKERS": 4,
+    "DRAIN_TIMEOUT": 10.0,
+    "ALLOW": ["tests.django_project.views"],  # what the tasks runner may send
+}
+if os.environ.get("WSGI_AFTER_RUNNER") == "tasks":
+    WSGI_AFTER.update(RUNNER="tasks", TASKS_BACKEND="durable")
 
 LOGGING = {
     "version": 1,

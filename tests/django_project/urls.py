@@ -19,4 +19,5 @@ urlpatterns = [
     path("nested", views.nested),
     path("other-db", views.other_db),
     path("view-row", views.view_row),
+    path("task/<str:name>", views.enqueue),
 ]

@@ -26,6 +26,8 @@ from .shop.models import Note
 
 recorded: list[t.Any] = []
 gate = threading.Event()
+#: The TaskResults that the ``task`` view's enqueue() returned (tests in this process).
+results: list[t.Any] = []
 
 
 def remember(item: object, wait: bool = False) -> None:
@@ -143,3 +145,13 @@ def view_row(request: HttpRequest) -> HttpResponse:
     Note.objects.create(text="view-row")
     after(count_rows, "view-row")
     return HttpResponse("done")
+
+
+def enqueue(request: HttpRequest, name: str) -> HttpResponse:
+    """Enqueues the task ``name`` of ``tasks`` between two ``after()`` callbacks."""
+    from . import tasks  # the tasks import this module
+
+    after(remember, "before", wait="wait" in request.GET)
+    results.append(getattr(tasks, name).enqueue(request.GET.get("arg", "ada")))
+    after(remember, "after")
+    return HttpResponse("queued")

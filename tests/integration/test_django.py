@@ -78,6 +78,7 @@ def gunicorn(
     module: str = "wsgi",
     max_age: int = 0,
     health_checks: bool = False,
+    env: dict[str, str] | None = None,
 ) -> collections.abc.Iterator[int]:
     port = free_port()
     command = python(
@@ -86,6 +87,7 @@ def gunicorn(
         f"tests.django_project.{module}:application",
     )  # fmt: skip
     env = {
+        **(env or {}),
         "PYTHONPATH": str(ROOT),
         "DJANGO_SETTINGS_MODULE": "tests.django_project.settings",
         "WSGI_AFTER_DJANGO_DB_NAME": database,

@@ -4,7 +4,8 @@
 
     INSTALLED_APPS = [..., "wsgi_after.django"]
     MIDDLEWARE = ["wsgi_after.django.AfterMiddleware", ...]  # first
-    WSGI_AFTER = {"MAX_WORKERS": 8}  # optional: MAX_PENDING, ON_FULL, DRAIN_TIMEOUT, INLINE
+    WSGI_AFTER = {"MAX_WORKERS": 8}  # optional: MAX_PENDING, ON_FULL, DRAIN_TIMEOUT, INLINE,
+    # RUNNER, TASKS_BACKEND, ALLOW (see wsgi_after.django.tasks)
 
     from wsgi_after import after
     from wsgi_after.django import after_commit
@@ -19,7 +20,8 @@ Modules: :mod:`~wsgi_after.django.middleware` (the chain per request),
 :mod:`~wsgi_after.django.transaction` (``after_commit``),
 :mod:`~wsgi_after.django.conf` (the setting), :mod:`~wsgi_after.django.runner`
 (where chains run), :mod:`~wsgi_after.django.testing` and
-:mod:`~wsgi_after.django.inline` (tests), :mod:`~wsgi_after.django.checks`.
+:mod:`~wsgi_after.django.inline` (tests), :mod:`~wsgi_after.django.checks`, and
+:mod:`~wsgi_after.django.tasks` (Django's task framework, both ways; imported only when used).
 """
 
 from .middleware import AfterMiddleware as AfterMiddleware

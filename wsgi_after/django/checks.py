@@ -34,6 +34,26 @@ def check_settings(app_configs: t.Any = None, **kwargs: t.Any) -> list[checks.Ch
 
 
 @checks.register()
+def check_tasks_backend(app_configs: t.Any = None, **kwargs: t.Any) -> list[checks.CheckMessage]:
+    """``wsgi_after.E004``: ``RUNNER = "tasks"`` names a backend that ``TASKS`` lacks."""
+    value = getattr(settings, "WSGI_AFTER", {})
+    if not isinstance(value, dict) or value.get("RUNNER") != "tasks":
+        return []
+    alias = value.get("TASKS_BACKEND", "default")
+    aliases = getattr(settings, "TASKS", None) or {}
+    if alias in aliases:
+        return []
+    return [
+        checks.Error(
+            f"WSGI_AFTER['TASKS_BACKEND'] is {alias!r}, which is not an alias of the TASKS"
+            f" setting ({sorted(aliases)}), so every request's callbacks would be lost.",
+            hint="Add it to TASKS, or set WSGI_AFTER['TASKS_BACKEND'] to one of its aliases.",
+            id="wsgi_after.E004",
+        )
+    ]
+
+
+@checks.register()
 def check_middleware(app_configs: t.Any = None, **kwargs: t.Any) -> list[checks.CheckMessage]:
     """``wsgi_after.E002``: the middleware is missing; ``wsgi_after.E003``: it is not first."""
     middleware = list(getattr(settings, "MIDDLEWARE", None) or [])

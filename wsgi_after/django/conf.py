@@ -3,6 +3,7 @@
 ::
 
     WSGI_AFTER = {"MAX_WORKERS": 8, "ON_FULL": "drop"}
+    WSGI_AFTER = {"RUNNER": "tasks", "TASKS_BACKEND": "durable", "ALLOW": ["shop.tasks"]}
 
 :func:`options` reads ``settings.WSGI_AFTER`` at first use and keeps the result;
 ``override_settings`` (and anything else that sends ``setting_changed``) makes it
@@ -20,6 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from ..remote import allowed_modules
 from ..runner import DEFAULT_POOL, OnFull, PoolOptions
 
 #: The keys of ``WSGI_AFTER`` and their defaults: the core's (:class:`~wsgi_after.PoolOptions`).
@@ -29,6 +31,11 @@ DEFAULTS: dict[str, object] = {
     "ON_FULL": DEFAULT_POOL.on_full,
     "DRAIN_TIMEOUT": DEFAULT_POOL.drain_timeout,
     "INLINE": False,
+    # Where requests' callbacks go: "threads" (the pool above) or "tasks" (a
+    # django.tasks backend's workers, see wsgi_after.django.tasks.TasksRunner).
+    "RUNNER": "threads",
+    "TASKS_BACKEND": "default",  # the TASKS alias "tasks" hands callbacks to
+    "ALLOW": [],  # modules whose functions a tasks worker may run (never the message's)
 }
 
 
@@ -45,6 +52,9 @@ class Options:
     on_full: OnFull
     drain_timeout: float
     inline: bool
+    runner: t.Literal["threads", "tasks"]
+    tasks_backend: str
+    allow: tuple[str, ...]
 
 
 def problems(value: object) -> list[str]:
@@ -68,6 +78,18 @@ def problems(value: object) -> list[str]:
     inline = value.get("INLINE", False)
     if type(inline) is not bool:
         found.append(f"WSGI_AFTER['INLINE'] must be True or False, got {inline!r}.")
+    runner = value.get("RUNNER", "threads")
+    if runner not in ("threads", "tasks"):
+        found.append(f"WSGI_AFTER['RUNNER'] must be 'threads' or 'tasks', got {runner!r}.")
+    alias = value.get("TASKS_BACKEND", "default")
+    if not isinstance(alias, str) or not alias:
+        found.append(
+            f"WSGI_AFTER['TASKS_BACKEND'] must be an alias of the TASKS setting, got {alias!r}."
+        )
+    try:
+        allowed_modules(value.get("ALLOW", []), setting="WSGI_AFTER['ALLOW']")
+    except ValueError as e:
+        found.append(str(e))
     return found
 
 
@@ -92,6 +114,9 @@ def options() -> Options:
         on_full=full["ON_FULL"],
         drain_timeout=float(full["DRAIN_TIMEOUT"]),
         inline=full["INLINE"],
+        runner=full["RUNNER"],
+        tasks_backend=full["TASKS_BACKEND"],
+        allow=allowed_modules(full["ALLOW"], setting="WSGI_AFTER['ALLOW']"),
     )
     _cached[:] = [read]
     return read

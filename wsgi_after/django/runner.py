@@ -4,8 +4,10 @@
 request that queued callbacks it looks at the settings as they are *now*, so
 ``override_settings(WSGI_AFTER={"INLINE": True})`` in a test takes effect at
 once: an active :func:`~wsgi_after.django.capture_after_callbacks` takes the
-chain; ``INLINE`` runs it in the thread that closes the response; otherwise the
-process's :class:`~wsgi_after.ThreadRunner` for these options gets it.
+chain; ``INLINE`` runs it in the thread that closes the response; with
+``RUNNER = "tasks"`` a :class:`~wsgi_after.django.tasks.TasksRunner` hands it to
+a ``django.tasks`` backend; otherwise the process's
+:class:`~wsgi_after.ThreadRunner` for these options gets it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,13 @@ from .conf import Options, options
 from .inline import run_inline
 from .testing import active_capture
 
+if t.TYPE_CHECKING:
+    from .tasks.runner import TasksRunner
+
 _lock = threading.Lock()
 _thread_runners: dict[Options, ThreadRunner] = {}
+_tasks_runners: dict[str, TasksRunner] = {}
+Check = t.Callable[[t.Any, tuple[t.Any, ...], dict[str, t.Any]], None]
 
 
 def get_runner() -> ThreadRunner | InlineRunner:
@@ -38,7 +45,8 @@ def get_runner() -> ThreadRunner | InlineRunner:
 
 def thread_runner(opts: Options) -> ThreadRunner:
     """The process's :class:`~wsgi_after.ThreadRunner` for ``opts``."""
-    key = dataclasses.replace(opts, inline=False)  # switching INLINE keeps one pool
+    # Only the pool's own options: switching INLINE or RUNNER keeps one pool.
+    key = dataclasses.replace(opts, inline=False, runner="threads", tasks_backend="", allow=())
     runner = _thread_runners.get(key)
     if runner is None:
         with _lock:
@@ -54,8 +62,28 @@ def thread_runner(opts: Options) -> ThreadRunner:
     return runner
 
 
+def tasks_runner(opts: Options) -> TasksRunner:
+    """The process's :class:`~wsgi_after.django.tasks.TasksRunner` for ``opts``."""
+    from .tasks.runner import TasksRunner  # needs Django's task framework: only when chosen
+
+    runner = _tasks_runners.get(opts.tasks_backend)
+    if runner is None:
+        with _lock:
+            runner = _tasks_runners.setdefault(opts.tasks_backend, TasksRunner(opts.tasks_backend))
+    return runner
+
+
 class SettingsRunner:
-    """Hands each chain to a capture, runs it inline, or queues it on the thread pool."""
+    """Hands each chain to a capture, runs it inline, or queues it on its runner."""
+
+    @property
+    def check_callback(
+        self,
+    ) -> t.Callable[[t.Any, tuple[t.Any, ...], dict[str, t.Any]], None] | None:
+        """With ``RUNNER = "tasks"``, the check :func:`wsgi_after.after` makes at once
+        (module-level functions of ``ALLOW``, JSON arguments); else None."""
+        opts = options()
+        return tasks_runner(opts).check_callback if opts.runner == "tasks" else None
 
     def submit(self, task: t.Callable[[], object], /) -> None:
         """Run or queue ``task`` as the settings say now."""
@@ -64,6 +92,8 @@ class SettingsRunner:
             capture.take(task)
         elif options().inline:
             run_inline(task)
+        elif options().runner == "tasks":
+            tasks_runner(options()).submit(task)
         else:
             thread_runner(options()).submit(task)
 

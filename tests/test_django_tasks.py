@@ -1,0 +1,434 @@
+"""``wsgi_after.django.tasks`` in this process: ``AfterResponseBackend`` and ``TasksRunner``.
+
+The test project's ``default`` task backend is ``AfterResponseBackend``; its
+``durable`` one is django-tasks-db's ``DatabaseBackend`` (PostgreSQL). The
+real ``db_worker`` and gunicorn are in ``tests/integration/test_django_tasks.py``.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import datetime
+import os
+import re
+import socket
+import threading
+import typing as t
+
+import pytest
+from django.core import checks
+from django.test import Client, override_settings
+
+import tests.django_project.configured  # noqa: F401  (before the models)
+from tests.django_project import tasks, views
+from tests.django_project.shop.models import Note
+from tests.helpers import serve
+from wsgi_after import AfterMiddleware, InlineRunner, Outcome, after
+from wsgi_after.django import capture_after_callbacks
+from wsgi_after.django.conf import options
+from wsgi_after.django.runner import thread_runner
+from wsgi_after.django.tasks import AfterResponseBackend, TaskCall, TasksRunner
+from wsgi_after.django.tasks.compat import (
+    InvalidTask,
+    TaskResultStatus,
+    task_backends,
+    task_enqueued,
+    task_finished,
+    task_started,
+)
+
+if t.TYPE_CHECKING:
+    from pytest_django import Settings as SettingsWrapper
+
+pytestmark = pytest.mark.timeout(30)
+
+OK = Outcome(200, True, None)
+INLINE = {"INLINE": True, "ALLOW": ["tests.django_project.views"]}
+TASKS_RUNNER = {
+    "RUNNER": "tasks",
+    "TASKS_BACKEND": "durable",
+    "ALLOW": ["tests.django_project.views"],
+}
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@pytest.fixture(autouse=True)
+def recorded() -> collections.abc.Iterator[list[t.Any]]:
+    """What the tasks and callbacks remembered; the thread pool drained after."""
+    views.recorded.clear()
+    views.results.clear()
+    views.gate.clear()
+    yield views.recorded
+    views.gate.set()
+    assert thread_runner(options()).wait_idle(10)
+    views.recorded.clear()
+    views.results.clear()
+
+
+@pytest.fixture
+def signals() -> collections.abc.Iterator[list[tuple[str, type, str]]]:
+    """The task signals sent: (signal, sender, the result's status then)."""
+    sent: list[tuple[str, type, str]] = []
+    receivers = []
+    for name, signal in (
+        ("enqueued", task_enqueued),
+        ("started", task_started),
+        ("finished", task_finished),
+    ):
+
+        def receiver(sender: type, task_result: t.Any, name: str = name, **kwargs: t.Any) -> None:
+            sent.append((name, sender, str(task_result.status)))
+
+        signal.connect(receiver, weak=False)
+        receivers.append((signal, receiver))
+    yield sent
+    for signal, receiver in receivers:
+        signal.disconnect(receiver)
+
+
+def wait_idle() -> None:
+    assert thread_runner(options()).wait_idle(10)
+
+
+def items(recorded: list[t.Any]) -> list[t.Any]:
+    return [item for item, _ in recorded]
+
+
+# -- AfterResponseBackend in a request ------------------------------------------------
+
+
+def test_a_task_runs_after_the_response_in_order_with_the_callbacks(
+    client: Client, recorded: list[t.Any], signals: list[tuple[str, type, str]]
+) -> None:
+    assert client.get("/task/greet?wait=1").status_code == 200
+    [result] = views.results
+    assert result.status == TaskResultStatus.READY  # "before" waits for the gate
+    assert result.enqueued_at is not None
+    assert result.started_at is None
+    assert signals == [("enqueued", AfterResponseBackend, "READY")]
+    views.gate.set()
+    wait_idle()
+    assert [item for item, _ in recorded] == [
+        "before",
+        ("ada", recorded[1][0][1]),
+        "after",
+    ]
+    thread = recorded[1][0][1]
+    assert thread.startswith("wsgi-after-django")
+    assert recorded[1][1] == OK  # outcome() in the task: the request's
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == "hello ada"
+    assert result.worker_ids == [WORKER]
+    assert result.backend == "default"
+    assert result.errors == []
+    assert result.enqueued_at <= result.started_at <= result.finished_at
+    assert result.last_attempted_at == result.started_at
+    assert signals == [
+        ("enqueued", AfterResponseBackend, "READY"),
+        ("started", AfterResponseBackend, "RUNNING"),
+        ("finished", AfterResponseBackend, "SUCCESSFUL"),
+    ]
+
+
+def test_a_failed_task_records_its_error_and_is_logged(
+    client: Client,
+    recorded: list[t.Any],
+    signals: list[tuple[str, type, str]],
+    log: pytest.LogCaptureFixture,
+) -> None:
+    assert client.get("/task/fail?arg=no+stock").status_code == 200
+    wait_idle()
+    [result] = views.results
+    assert result.status == TaskResultStatus.FAILED
+    [error] = result.errors
+    assert error.exception_class is ValueError
+    assert error.exception_class_path == "builtins.ValueError"
+    assert error.traceback.endswith("ValueError: no stock\n")
+    with pytest.raises(ValueError, match=r"^Task failed$"):
+        result.return_value  # noqa: B018
+    assert items(recorded) == ["before", "after"]  # the rest still ran
+    assert signals[-1] == ("finished", AfterResponseBackend, "FAILED")
+    assert (
+        "Callback 'tests.django_project.tasks.fail' queued by 'GET /task/fail' raised ValueError."
+        in log.messages
+    )
+
+
+def test_a_task_taking_the_context_gets_its_result(client: Client) -> None:
+    client.get("/task/with_context")
+    wait_idle()
+    [result] = views.results
+    assert result.return_value == [result.id, 1, "ada"]
+
+
+def test_an_async_task_runs_to_completion(client: Client, recorded: list[t.Any]) -> None:
+    client.get("/task/greet_async?arg=bo")
+    wait_idle()
+    [result] = views.results
+    assert result.return_value == "hello bo"
+    assert ("bo", "async") in items(recorded)
+
+
+def test_inline_runs_the_task_when_the_response_closes(
+    client: Client, settings: SettingsWrapper, recorded: list[t.Any]
+) -> None:
+    settings.WSGI_AFTER = INLINE
+    client.get("/task/greet")
+    [result] = views.results
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert items(recorded) == ["before", ("ada", threading.current_thread().name), "after"]
+
+
+def test_inline_a_failed_task_fails_the_request(
+    client: Client, settings: SettingsWrapper, recorded: list[t.Any]
+) -> None:
+    settings.WSGI_AFTER = INLINE
+    with pytest.raises(ValueError, match=r"^oops$"):
+        client.get("/task/fail?arg=oops")
+    [result] = views.results
+    assert result.status == TaskResultStatus.FAILED
+    assert items(recorded) == ["before", "after"]
+
+
+def test_capture_lists_the_task_without_running_it(client: Client, recorded: list[t.Any]) -> None:
+    with capture_after_callbacks() as callbacks:
+        client.get("/task/greet")
+    [result] = views.results
+    assert [c.func for c in callbacks][0::2] == [views.remember, views.remember]
+    call = callbacks[1].func
+    assert isinstance(call, TaskCall)
+    assert (call.task, call.result) == (tasks.greet, result)
+    assert result.status == TaskResultStatus.READY
+    assert recorded == []
+
+
+def test_capture_execute_runs_the_task(client: Client, recorded: list[t.Any]) -> None:
+    with capture_after_callbacks(execute=True):
+        client.get("/task/greet")
+    [result] = views.results
+    assert result.return_value == "hello ada"
+
+
+# -- AfterResponseBackend outside a request -------------------------------------------
+
+
+def test_outside_a_request_the_task_runs_on_the_pool_at_once(
+    recorded: list[t.Any], signals: list[tuple[str, type, str]]
+) -> None:
+    result = tasks.greet.enqueue("cy")
+    wait_idle()
+    assert result.return_value == "hello cy"
+    [((name, thread), outcome)] = recorded
+    assert (name, outcome) == ("cy", None)  # no request: no outcome
+    assert thread.startswith("wsgi-after-django")
+    assert [s[0] for s in signals] == ["enqueued", "started", "finished"]
+
+
+def test_outside_a_request_a_failure_is_logged_by_name(log: pytest.LogCaptureFixture) -> None:
+    result = tasks.fail.enqueue("late")
+    wait_idle()
+    assert result.status == TaskResultStatus.FAILED
+    assert (
+        "Callback 'tests.django_project.tasks.fail' queued by 'a task enqueued outside a"
+        " request' raised ValueError." in log.messages
+    )
+
+
+def test_outside_a_request_inline_runs_in_enqueue(
+    settings: SettingsWrapper, recorded: list[t.Any]
+) -> None:
+    settings.WSGI_AFTER = INLINE
+    result = tasks.greet.enqueue("di")
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert items(recorded) == [("di", threading.current_thread().name)]
+    with pytest.raises(ValueError, match=r"^bad$"):
+        tasks.fail.enqueue("bad")
+
+
+def test_outside_a_request_capture_takes_the_task(recorded: list[t.Any]) -> None:
+    with capture_after_callbacks() as callbacks:
+        result = tasks.greet.enqueue("ed")
+    assert [c.func.result for c in callbacks] == [result]
+    assert result.status == TaskResultStatus.READY
+    assert recorded == []
+
+
+def test_a_task_enqueued_by_a_callback_runs_after_it(recorded: list[t.Any]) -> None:
+    enqueued: list[t.Any] = []
+
+    def enqueue_in_a_callback() -> None:
+        enqueued.append(tasks.greet.enqueue("fi"))
+        views.remember("callback")
+
+    def app(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        after(enqueue_in_a_callback)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    serve(AfterMiddleware(app, runner=InlineRunner()))
+    assert items(recorded) == ["callback", ("fi", threading.current_thread().name)]
+    assert enqueued[0].status == TaskResultStatus.SUCCESSFUL
+
+
+# -- what the backend refuses ---------------------------------------------------------
+
+
+def test_flags_say_what_is_true() -> None:
+    backend = task_backends["default"]
+    assert isinstance(backend, AfterResponseBackend)
+    assert (
+        backend.supports_async_task,
+        backend.supports_get_result,
+        backend.supports_defer,
+        backend.supports_priority,
+    ) == (True, False, False, False)
+
+
+def test_run_after_is_refused_naming_the_fix() -> None:
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    with pytest.raises(InvalidTask) as info:
+        tasks.greet.using(run_after=later)
+    assert str(info.value) == (
+        "'AfterResponseBackend' runs tasks right after the response and cannot defer"
+        " 'tests.django_project.tasks.greet': enqueue it without 'run_after', or use a"
+        " backend with supports_defer (django-tasks-db's DatabaseBackend)."
+    )
+
+
+def test_priority_is_refused_naming_the_fix() -> None:
+    with pytest.raises(InvalidTask, match=re.escape("cannot honour priority=5 of")):
+        tasks.greet.using(priority=5)
+
+
+def test_an_unknown_queue_is_refused_naming_the_setting() -> None:
+    with pytest.raises(InvalidTask) as info:
+        tasks.greet.using(queue_name="emails")
+    assert str(info.value) == (
+        "Queue 'emails' of 'tests.django_project.tasks.greet' is not in"
+        " TASKS['default']['QUEUES'] ['default']: add it there."
+    )
+
+
+def test_arguments_must_be_json(client: Client) -> None:
+    with pytest.raises(TypeError, match=r"^'tests\.django_project\.tasks\.greet\.enqueue\(\)'"):
+        tasks.greet.enqueue(object())  # type: ignore[arg-type]
+
+
+def test_a_request_on_the_tasks_runner_refuses_an_after_response_task(
+    client: Client, settings: SettingsWrapper
+) -> None:
+    settings.WSGI_AFTER = TASKS_RUNNER
+    with capture_after_callbacks(), pytest.raises(InvalidTask, match="cannot run after this"):
+        client.get("/task/greet")
+
+
+# -- TasksRunner: after() callbacks on a django.tasks backend -------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_tasks_runner_enqueues_one_task_per_request(
+    client: Client, settings: SettingsWrapper
+) -> None:
+    from django_tasks_db.models import DBTaskResult
+
+    settings.WSGI_AFTER = TASKS_RUNNER
+    assert client.get("/note/row").status_code == 200
+    [row] = DBTaskResult.objects.all()
+    assert row.task_path == "wsgi_after.django.tasks.worker.run_callbacks"
+    assert row.backend_name == "durable"
+    [message] = row.args_kwargs["args"]
+    assert message == {
+        "method": "GET",
+        "path": "/note/row",
+        "status": "200 OK",
+        "completed": True,
+        "error": None,
+        "callbacks": [
+            {"func": "tests.django_project.views:write_note", "args": ["row"], "kwargs": {}}
+        ],
+    }
+    assert Note.objects.count() == 0  # not run here
+    row.task.call(*row.args_kwargs["args"])  # what db_worker does
+    assert list(Note.objects.values_list("text", flat=True)) == ["row"]
+
+
+def test_the_tasks_runner_refuses_a_function_outside_the_allow_list(
+    settings: SettingsWrapper,
+) -> None:
+    settings.WSGI_AFTER = {**TASKS_RUNNER, "ALLOW": ["tests.django_project.shop"]}
+    with pytest.raises(TypeError) as info:
+        runner_check(views.write_note, ("x",))
+    assert str(info.value) == (
+        "'after()' cannot send 'tests.django_project.views.write_note' through"
+        " 'TasksRunner': its module 'tests.django_project.views' is not in the allow list."
+        " Add it: WSGI_AFTER = {..., 'ALLOW': ['tests.django_project.views']}."
+    )
+
+
+def test_the_tasks_runner_refuses_arguments_that_are_not_json(settings: SettingsWrapper) -> None:
+    settings.WSGI_AFTER = TASKS_RUNNER
+    with pytest.raises(TypeError, match=r"^'after\(\)' cannot send the arguments of"):
+        runner_check(views.write_note, (object(),))
+
+
+def test_the_tasks_runner_refuses_a_lambda(settings: SettingsWrapper) -> None:
+    settings.WSGI_AFTER = TASKS_RUNNER
+    with pytest.raises(TypeError, match="Define it at module level"):
+        runner_check(lambda: None, ())
+
+
+def runner_check(func: t.Any, args: tuple[t.Any, ...]) -> None:
+    TasksRunner("durable").check_callback(func, args, {})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failure_to_enqueue_is_logged_by_name(
+    client: Client, settings: SettingsWrapper, log: pytest.LogCaptureFixture
+) -> None:
+    settings.WSGI_AFTER = {**TASKS_RUNNER, "TASKS_BACKEND": "missing"}
+    assert client.get("/note/lost").status_code == 200
+    assert (
+        "Callback 'tests.django_project.views.write_note' queued by 'GET /note/lost' was not"
+        " run: enqueueing it on the django.tasks backend 'missing' raised (logged at DEBUG)."
+    ) in log.messages
+
+
+def test_inline_overrides_the_tasks_runner(client: Client, recorded: list[t.Any]) -> None:
+    with override_settings(WSGI_AFTER={**TASKS_RUNNER, "INLINE": True}):
+        client.get("/record/inline")
+    assert items(recorded) == ["inline"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_tasks_runner_given_to_the_core_middleware() -> None:
+    from django_tasks_db.models import DBTaskResult
+
+    def app(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        after(views.write_note, "core")
+        with pytest.raises(TypeError, match="Define it at module level"):
+            after(lambda: None)
+        start_response("202 Accepted", [])
+        return [b"ok"]
+
+    serve(AfterMiddleware(app, runner=TasksRunner("durable")), "/core", "POST")
+    [row] = DBTaskResult.objects.all()
+    [message] = row.args_kwargs["args"]
+    assert (message["method"], message["path"], message["status"]) == (
+        "POST",
+        "/core",
+        "202 Accepted",
+    )
+    assert message["callbacks"] == [
+        {"func": "tests.django_project.views:write_note", "args": ["core"], "kwargs": {}}
+    ]
+
+
+def test_check_catches_a_tasks_backend_missing_from_tasks(settings: SettingsWrapper) -> None:
+    settings.WSGI_AFTER = {**TASKS_RUNNER, "TASKS_BACKEND": "durabel"}
+    errors = [m for m in checks.run_checks() if m.id == "wsgi_after.E004"]
+    assert [m.msg for m in errors] == [
+        "WSGI_AFTER['TASKS_BACKEND'] is 'durabel', which is not an alias of the TASKS setting"
+        " (['default', 'durable']), so every request's callbacks would be lost."
+    ]
+    settings.WSGI_AFTER = TASKS_RUNNER
+    assert [m for m in checks.run_checks() if m.id == "wsgi_after.E004"] == []
