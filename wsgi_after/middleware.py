@@ -177,6 +177,6 @@ class AfterMiddleware(t.Generic[RunnerT]):
             self._file_class = file_wrapper
             return None
         # The current request is a Chain, a ClosingResponse, while the app runs.
-        current = t.cast("t.Callable[[], ClosingResponse | None]", CURRENT.get)
+        current: t.Callable[[], ClosingResponse | None] = CURRENT.get  # type: ignore[assignment]
         hook = self._file_wrapper_hook = FileWrapperHook(file_wrapper, current)
         return hook
