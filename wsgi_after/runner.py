@@ -95,7 +95,7 @@ class PoolOptions:
 
 
 #: The defaults every integration shows.
-DEFAULT_POOL = PoolOptions()
+DEFAULT_POOL: PoolOptions = PoolOptions()
 
 
 class Submits(t.Protocol):
