@@ -8,10 +8,23 @@ process under callgrind, once with ``base`` requests and once with
 ``base + extra``; the difference of the two totals divided by ``extra`` is the
 cost of one request, with start-up, imports and warm-up cancelled out. Every
 thread of the process is counted, so a callback's hand-off *and* its run on the
-worker thread are included: one worker, and after every ``BATCH`` requests a
-marker task queued behind the batch's callbacks is waited for. Callbacks are
-no-ops. ``base`` and ``extra`` are smaller than the 1,000 and 10,000 of
-``--full`` so that every stack runs in a few minutes on 2 cores.
+worker thread are included. ``base`` and ``extra`` are smaller than the 1,000 and
+10,000 of ``--full`` so that every stack runs in a few minutes on 2 cores.
+
+The one-callback stacks are counted in two regimes:
+
+* **batch**: one worker, and after every ``BATCH`` requests a marker task queued
+  behind the batch's callbacks is waited for. The worker never sleeps, so the cost
+  of waking it is spread over 100 callbacks (a saturated server). Callbacks are
+  no-ops.
+* **one request at a time** (``*-paced``): ``PACED_WORKERS`` workers, and each
+  request's callback has run before the next request starts (the callback
+  releases a lock the request loop acquires). The worker sleeps and is
+  woken for every callback, as on a lightly loaded server -- most servers, most
+  of the time. The lock costs every stack the same.
+
+A Flask-relative count (``+N`` over Flask hello world) moves with the process's
+memory layout by up to +-2k: it is the median of ``LAYOUTS`` processes.
 
 Commands::
 
@@ -34,6 +47,7 @@ import os
 import pathlib
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,31 +161,59 @@ def closing_iterator() -> tuple[WSGIApplication, Settle]:
     return app, _nothing
 
 
-def middleware(callback: bool) -> tuple[WSGIApplication, Settle]:
+class Paced(t.NamedTuple):
+    """The one-request-at-a-time regime: each request's callback has run before the next
+    request starts, as on a lightly loaded server, so the worker sleeps and is woken for
+    every callback. The callback releases ``ran``; the request loop acquires it.
+
+    ``ran`` is a plain lock used as a binary semaphore (a lock may be released by
+    another thread): C code, ~1k instructions a round, where ``threading.Semaphore``
+    is Python code costing every stack ~23k a round and hiding what the stacks cost."""
+
+    callback: t.Callable[[], object]
+    settle: Settle
+
+
+def paced() -> Paced:
+    ran = threading.Lock()
+    ran.acquire()
+
+    def settle() -> None:
+        ran.acquire()
+
+    return Paced(ran.release, settle)
+
+
+def middleware(callback: bool, one_at_a_time: bool = False) -> tuple[WSGIApplication, Settle]:
     from wsgi_after import AfterMiddleware, ThreadRunner, after
+
+    pace = paced() if one_at_a_time else None
+    queued = pace.callback if pace else noop
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
         if callback:
-            after(noop)
+            after(queued)
         return bare_app(environ, start_response)
 
-    runner = ThreadRunner(max_workers=1, max_pending=BATCH + 1)
-    return AfterMiddleware(app, runner=runner), _runner_settle(runner)
+    runner = ThreadRunner(max_workers=PACED_WORKERS if pace else 1, max_pending=BATCH + 1)
+    return AfterMiddleware(app, runner=runner), pace.settle if pace else _runner_settle(runner)
 
 
-def naive_pool() -> tuple[WSGIApplication, Settle]:
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+def naive_pool(one_at_a_time: bool = False) -> tuple[WSGIApplication, Settle]:
+    pace = paced() if one_at_a_time else None
+    queued = pace.callback if pace else noop
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=PACED_WORKERS if pace else 1)
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterable[bytes]:
         callbacks: list[t.Callable[[], object]] = []
         environ["naive.callbacks"] = callbacks
-        callbacks.append(noop)  # what the view does
+        callbacks.append(queued)  # what the view does
         return _NaiveClosing(bare_app(environ, start_response), callbacks, pool)
 
-    return app, _pool_settle(pool)
+    return app, pace.settle if pace else _pool_settle(pool)
 
 
-def flask_app(kind: str) -> tuple[WSGIApplication, Settle]:
+def flask_app(kind: str, one_at_a_time: bool = False) -> tuple[WSGIApplication, Settle]:
     """Flask's hello world, alone or with one way of running a callback after it."""
     from flask import Flask
 
@@ -179,32 +221,35 @@ def flask_app(kind: str) -> tuple[WSGIApplication, Settle]:
     from wsgi_after.flask import After
 
     app = Flask("bench")
+    pace = paced() if one_at_a_time else None
+    queued = pace.callback if pace else noop
+    workers = PACED_WORKERS if pace else 1
     settle: Settle = _nothing
     queue_one = kind in ("after-one", "middleware-one")
     if kind.startswith("after"):
-        runner = ThreadRunner(max_workers=1, max_pending=BATCH + 1)
+        runner = ThreadRunner(max_workers=workers, max_pending=BATCH + 1)
         After(app, runner=runner)
         settle = _runner_settle(runner)
     elif kind == "middleware-one":
-        runner = ThreadRunner(max_workers=1, max_pending=BATCH + 1)
+        runner = ThreadRunner(max_workers=workers, max_pending=BATCH + 1)
         app.wsgi_app = AfterMiddleware(app.wsgi_app, runner=runner)  # type: ignore[method-assign]
         settle = _runner_settle(runner)
     elif kind == "executor":
         from flask_executor import Executor
 
-        app.config["EXECUTOR_MAX_WORKERS"] = 1
+        app.config["EXECUTOR_MAX_WORKERS"] = workers
         executor = Executor(app)
         settle = _pool_settle(executor._self)
 
     @app.get("/")
     def hello() -> str:
         if queue_one:
-            after(noop)
+            after(queued)
         elif kind == "executor":
-            executor.submit(noop)
+            executor.submit(queued)
         return "Hello, World!"
 
-    return app, settle
+    return app, pace.settle if pace else settle
 
 
 class Stack(t.NamedTuple):
@@ -213,10 +258,14 @@ class Stack(t.NamedTuple):
     base: int  # requests in the shorter run
     extra: int  # more requests in the longer one
     baseline: str | None = None  # the stack a "+N" is given against
+    batch: int = BATCH  # requests between two settles: 1 is the one-at-a-time regime
 
 
 FLASK = 100, 500  # Flask stacks cost ~50x more: fewer requests, same exact method
 PLAIN = 1_000, 5_000
+PACED_WORKERS = 4  # the one-at-a-time regime's pools: a server's default-sized pool
+ONE = "one request at a time"
+LAYOUTS = 3  # processes whose median is a Flask-relative count (see ``repeats``)
 
 STACKS: dict[str, Stack] = {
     "bare": Stack("bare WSGI app", lambda: (bare_app, _nothing), *PLAIN),
@@ -252,6 +301,33 @@ STACKS: dict[str, Stack] = {
     "flask-executor": Stack(
         "Flask + Flask-Executor, one `submit`", lambda: flask_app("executor"), *FLASK, "flask"
     ),
+    # The same one-callback stacks, the worker woken for every callback (``Paced``).
+    "middleware-one-paced": Stack(
+        f"AfterMiddleware, one callback, {ONE}",
+        lambda: middleware(callback=True, one_at_a_time=True),
+        *PLAIN,
+        batch=1,
+    ),
+    "naive-pool-paced": Stack(
+        f"naive wrapper + ThreadPoolExecutor.submit, one callback, {ONE}",
+        lambda: naive_pool(one_at_a_time=True),
+        *PLAIN,
+        batch=1,
+    ),
+    "flask-after-one-paced": Stack(
+        f"Flask + `After(app)`, one callback, {ONE}",
+        lambda: flask_app("after-one", one_at_a_time=True),
+        *FLASK,
+        "flask",
+        batch=1,
+    ),
+    "flask-executor-paced": Stack(
+        f"Flask + Flask-Executor, one `submit`, {ONE}",
+        lambda: flask_app("executor", one_at_a_time=True),
+        *FLASK,
+        "flask",
+        batch=1,
+    ),
 }
 
 
@@ -260,20 +336,21 @@ def workload(name: str, requests: int) -> None:
     # Threads take turns only where one waits (a batch's end), not every 5 ms of a clock
     # that valgrind slows down by a varying factor: the same run, the same count.
     sys.setswitchinterval(1e6)
-    app, settle = STACKS[name].build()
+    stack = STACKS[name]
+    app, settle = stack.build()
     base: dict[str, t.Any] = {}
     wsgiref.util.setup_testing_defaults(base)
     base["wsgi.file_wrapper"] = wsgiref.util.FileWrapper  # every real server sets one
     done = 0
     while done < requests:
-        for _ in range(min(BATCH, requests - done)):
+        for _ in range(min(stack.batch, requests - done)):
             result = app(base.copy(), _start_response)
             for _chunk in result:
                 pass
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-        done += min(BATCH, requests - done)
+        done += min(stack.batch, requests - done)
         settle()
 
 
@@ -330,10 +407,22 @@ def per_request(
     return (large - small) / extra
 
 
+def repeats(name: str) -> int:
+    """How many processes count stack ``name``: a Flask-relative count (and its baseline)
+    moves with the process's memory layout by up to +-2k, so its median of ``LAYOUTS``
+    processes is taken; the others count the same in every process."""
+    stack = STACKS[name]
+    relative = stack.baseline is not None or any(s.baseline == name for s in STACKS.values())
+    return LAYOUTS if relative else 1
+
+
 def measure(names: list[str], full: bool = False, jobs: int = 2) -> dict[str, float]:
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        futures = {name: pool.submit(per_request, name, None, full) for name in names}
-        return {name: future.result() for name, future in futures.items()}
+        futures = {
+            name: [pool.submit(per_request, name, None, full) for _ in range(repeats(name))]
+            for name in names
+        }
+        return {name: statistics.median(f.result() for f in fs) for name, fs in futures.items()}
 
 
 def kilo(n: float) -> str:
