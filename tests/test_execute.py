@@ -20,6 +20,7 @@ from wsgi_after import (
     after,
     current_chain,
     events,
+    outcome,
 )
 from wsgi_after._execute import Received
 from wsgi_after._request import Callback
@@ -448,3 +449,53 @@ def test_a_received_request_runs_its_callbacks_as_a_chain_does(
     ]
     assert request.callbacks == []
     assert request.environ is None  # released once run
+
+
+def test_a_received_request_keeps_what_it_was_given_and_takes_nested_callbacks() -> None:
+    # What the Celery worker and Django's late after_commit give a Received request: the
+    # outcome, the scope entered around each callback, a name for log lines; a callback
+    # may queue another (after() finds the request in its context), which runs after it.
+    from wsgi_after._context import CURRENT
+
+    error = ValueError("the view failed")
+    scoped: list[str] = []
+
+    @contextlib.contextmanager
+    def scope() -> t.Iterator[None]:
+        scoped.append("enter")
+        yield
+
+    seen: list[object] = []
+    events_seen: list[events.CallbackEvent] = []
+    request = Received(
+        {"REQUEST_METHOD": "GET", "PATH_INFO": "/"},
+        "500 Internal Server Error",
+        completed=False,
+        error=error,
+        scope=scope,
+        description="a late commit",
+    )
+
+    def first() -> None:
+        seen.append(outcome())
+        after(seen.append, "nested")
+
+    context = contextvars.copy_context()
+    context.run(CURRENT.set, request)
+    request.callbacks.append(Callback(first, (), {}, context))
+    assert request.describe() == "a late commit"
+    assert request.callback_names() == [
+        "tests.test_execute.test_a_received_request_keeps_what_it_was_given_and_takes_nested"
+        "_callbacks.<locals>.first"
+    ]
+    events.subscribe(events_seen.append)
+    try:
+        assert request() is True
+    finally:
+        events.unsubscribe(events_seen.append)
+    assert seen == [Outcome(500, False, error), "nested"]
+    assert scoped == ["enter", "enter"]
+    # The nested after() is queued while the first callback runs.
+    kinds = ["started", "queued", "finished", "started", "finished"]
+    assert [e.kind for e in events_seen] == kinds
+    assert all(e.queue_delay is None for e in events_seen)  # never closed here: no delay
