@@ -14,7 +14,10 @@ import typing as t
 
 import pytest
 from celery import Celery
+from django.core.handlers.wsgi import WSGIRequest
+from django.views.debug import ExceptionReporter
 
+import tests.django_project.configured  # noqa: F401  (Django's error report, below)
 from tests.helpers import TIMEOUT, serve, wait_for
 from wsgi_after import AfterMiddleware, after, events
 from wsgi_after.callback_stats import NameStats
@@ -247,6 +250,31 @@ def test_what_is_sent_is_what_after_was_given() -> None:
     assert runner.stats().dead_lettered == 1
 
 
+def test_arguments_stay_off_the_environ_and_out_of_djangos_error_reports() -> None:
+    # The environ is Django's request.META: a 500 mails it to ADMINS (issue 21, item 4).
+    reports: list[str] = []
+    runner = CeleryRunner(app, allow=[HERE], retry_window=0, dead_letter=lambda payload: None)
+
+    def wsgi(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        after(module_level, "ada@example.com", note="reset-token-3141")
+        try:
+            raise RuntimeError("the view failed")
+        except RuntimeError as e:
+            reporter = ExceptionReporter(WSGIRequest(environ), type(e), e, e.__traceback__)
+            reports.append(reporter.get_traceback_text() + repr(environ))
+        start_response("500 Internal Server Error", [])
+        return [b""]
+
+    try:
+        serve(AfterMiddleware(wsgi, runner=runner), "/reset", "POST")
+        assert runner.wait_idle(10)
+    finally:
+        runner.shutdown(1)
+    [report] = reports
+    assert "/reset" in report
+    assert "reset-token-3141" not in report
+
+
 def app_after(func: t.Any, *args: t.Any) -> t.Any:
     def wsgi(environ: t.Any, start_response: t.Any) -> list[bytes]:
         after(func, *args)
@@ -343,6 +371,8 @@ def test_a_message_left_in_the_publisher_at_shutdown_is_one_lost_event_and_one_l
     assert len(lines) == 1, lines
     assert "still queued when the Celery publisher shut down" in lines[0]
     stats = runner.stats()
+    # Its statistics leave with the runner, which caplog's records hold until the test ends.
+    events.unsubscribe(t.cast("events.Listener", runner.callback_stats))
     assert stats.callbacks is not None
     assert stats.callbacks[name].lost == 2  # /first given up on, /second left queued
 
@@ -418,6 +448,50 @@ def test_the_worker_refuses_what_its_allow_list_does_not_name(
         f"{HERE}:Service.static",
         "task:wsgi_after.run_chain",
     }
+
+
+def test_the_worker_never_imports_a_dunder_module_and_survives_an_import_that_exits(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # With allow=['shop'], 'shop.__main__:x' matched the allow list: importing it ran the
+    # package's command line, whose argparse SystemExit escaped (only Exception was
+    # caught) and lost every callback of the message (issue 21, item 1).
+    package = tmp_path / "shop_21"
+    package.mkdir()
+    marker = tmp_path / "cli-ran"
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(
+        f"open({str(marker)!r}, 'a').close()\nraise SystemExit(2)\n"
+    )
+    (package / "cli.py").write_text("raise SystemExit(2)  # argparse with no arguments\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("shop_21", "shop_21.__main__", "shop_21.__init__", "shop_21.cli"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    RAN.clear()
+    run_on_worker(
+        message(
+            ("shop_21.__main__:x", []),
+            ("shop_21.__init__:x", []),
+            ("shop_21.cli:x", []),
+            (f"{HERE}:remember", ["ran"]),
+        ),
+        allow=["shop_21", HERE],
+    )
+    assert RAN == ["ran"]
+    assert not marker.exists()  # its __main__ never ran
+    assert "shop_21.__init__" not in sys.modules
+    for name in ("shop_21", "shop_21.cli"):
+        sys.modules.pop(name, None)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:2] == [
+        f"Refused callback 'shop_21.{dunder}:x' queued by 'POST /forged': it does not name a"
+        " module-level function as 'module:function'; it was not run."
+        for dunder in ("__main__", "__init__")
+    ]
+    assert lines[2] == (
+        "Callback 'shop_21.cli:x' queued by 'POST /forged' cannot be imported on this worker."
+    )
+    assert len(lines) == 3
 
 
 def test_a_worker_without_allow_list_runs_tasks_only(caplog: pytest.LogCaptureFixture) -> None:

@@ -18,9 +18,11 @@ from wsgi_after import (
     AfterMiddleware,
     InlineRunner,
     Outcome,
+    OutsideRequestError,
     ThreadRunner,
     after,
     current_chain,
+    events,
 )
 
 if t.TYPE_CHECKING:
@@ -358,3 +360,54 @@ def test_only_a_chain_that_queued_has_a_finalizer() -> None:
     assert hasattr(queued, "__del__")
     assert hasattr(type(quiet), "__len__")  # still the sized variant, as the body was
     assert hasattr(type(queued), "__len__")
+
+
+def test_never_closed_requests_are_neither_kept_alive_nor_made_current_again() -> None:
+    # Each request's context-variable token kept the previous chain: never-closed
+    # requests of one context stayed alive, and once a later request closed, the stale
+    # open chain was current again: 'after()' outside any request was accepted and
+    # lost (issue 21, item 7).
+    ran: list[str] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(ran.append, environ["PATH_INFO"])
+
+    app = AfterMiddleware(text_app(view), runner=InlineRunner())
+
+    def one_context() -> None:  # a gateway thread that never calls close(), then does
+        for i in range(3):
+            assert b"".join(call(app, make_environ(f"/unclosed-{i}"))) == b"ok"
+        serve(app, "/closed")
+        assert current_chain() is None
+        with pytest.raises(OutsideRequestError):
+            after(ran.append, "outside")
+
+    lost: list[str] = []
+
+    def listener(event: events.CallbackEvent) -> None:
+        if event.kind == "never_closed":
+            lost.append(event.path)
+
+    events.subscribe(listener)
+    try:
+        contextvars.copy_context().run(one_context)
+        gc.collect()
+    finally:
+        events.unsubscribe(listener)
+    assert ran == ["/closed"]
+    # Freed, and so logged (the log's first lines per 10 s, then counts) and reported.
+    assert sorted(lost) == ["/unclosed-0", "/unclosed-1", "/unclosed-2"]
+
+
+def test_a_request_served_inside_a_view_gives_the_outer_request_back() -> None:
+    ran: list[str] = []
+    inner = AfterMiddleware(
+        text_app(lambda environ: after(ran.append, "inner")), runner=InlineRunner()
+    )
+
+    def outer_view(environ: WSGIEnvironment) -> None:
+        serve(inner, "/inner")  # a sub-request with an environ of its own
+        after(ran.append, "outer")  # still the outer request's
+
+    serve(AfterMiddleware(text_app(outer_view), runner=InlineRunner()), "/outer")
+    assert ran == ["inner", "outer"]

@@ -175,7 +175,7 @@ def test_outcome_reports_status_and_completion() -> None:
     assert outcome() is None
 
 
-def test_outcome_when_start_response_was_never_called() -> None:
+def test_outcome_when_start_response_was_never_called_is_the_servers_500() -> None:
     seen: list[Outcome | None] = []
     error = RuntimeError("before start_response")
 
@@ -185,7 +185,7 @@ def test_outcome_when_start_response_was_never_called() -> None:
 
     with pytest.raises(RuntimeError):
         call(AfterMiddleware(app, runner=InlineRunner()))
-    assert seen == [Outcome(None, False, error)]
+    assert seen == [Outcome(500, False, error)]  # the server answers 500 itself
 
 
 def test_after_from_a_thread_with_the_requests_context_lands_or_raises() -> None:

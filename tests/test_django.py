@@ -10,16 +10,18 @@ from __future__ import annotations
 import collections.abc
 import logging
 import re
+import threading
 import typing as t
 import wsgiref.util
 
 import pytest
+from celery import Celery
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
-from django.db import connection
+from django.db import connection, transaction
 from django.http import FileResponse
 from django.test import Client, TestCase, override_settings
 
@@ -28,6 +30,7 @@ from tests.django_project import views
 from tests.django_project.shop.models import Note
 from tests.helpers import call, make_environ, serve, wait_for
 from wsgi_after import AfterMiddleware, InlineRunner, Outcome, OutsideRequestError
+from wsgi_after.celery import CeleryRunner
 from wsgi_after.django import (
     CapturedCallback,
     after_commit,
@@ -166,8 +169,9 @@ def test_after_outside_a_request_names_the_fix() -> None:
     with pytest.raises(OutsideRequestError) as raised:
         after_commit(print)
     assert str(raised.value) == (
-        "'after_commit()' was called outside a request. Put"
-        " 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE."
+        "'after_commit()' was called outside a request. In a view, put"
+        " 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE; outside a request (a"
+        " management command, the shell, a worker), use 'transaction.on_commit(func)'."
     )
     with pytest.raises(TypeError, match=r"^'after_commit\(\)' needs a callable, got 'int'\.$"):
         after_commit(1)  # type: ignore[arg-type]
@@ -224,6 +228,35 @@ def test_worker_threads_close_their_connections(client: Client) -> None:
     wait_for(lambda: other_connections() == baseline, what="the workers' connections to close")
 
 
+@pytest.mark.django_db(transaction=True)
+def test_async_callbacks_connections_are_closed_and_survive_a_terminated_backend(
+    client: Client, recorded: list[t.Any]
+) -> None:
+    # The async ORM runs its queries on asgiref's thread for thread-sensitive code, not
+    # on the worker thread whose connections close_old_connections() closes (issue 21, 3).
+    Note.objects.create(text="async-row")
+    assert client.get("/async-count/async-row").status_code == 200
+    wait_idle()
+    [(count, pid)] = recorded
+    assert count == 1
+    with connection.cursor() as cursor:
+        cursor.execute("select pg_terminate_backend(%s)", [pid])
+    for _ in range(2):  # every later async callback gets a working connection
+        assert client.get("/async-count/async-row").status_code == 200
+        wait_idle()
+    assert [count for count, _ in recorded] == [1, 1, 1]
+    pids = {pid for _, pid in recorded}
+
+    def closed() -> bool:  # CONN_MAX_AGE=0: closed after each callback
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "select count(*) from pg_stat_activity where pid = any(%s)", [list(pids)]
+            )
+            return int(cursor.fetchone()[0]) == 0
+
+    wait_for(closed, what="the async callbacks' connections to close")
+
+
 # -- after_commit with real commits ----------------------------------------------------
 
 
@@ -271,6 +304,34 @@ def test_after_commit_outside_a_transaction_is_after(
     assert recorded == [(("h", True), OK)]
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", ["json", "cap"])
+def test_after_commit_refuses_at_the_call_what_after_would_refuse_at_commit(
+    kind: str, recorded: list[t.Any]
+) -> None:
+    # Checked only at commit, the row was committed, the client got a 500, and Django
+    # skipped the transaction's other on_commit hooks (issue 21, item 6).
+    letters: list[object] = []
+    runner: t.Any = InlineRunner()
+    if kind == "json":
+        runner = CeleryRunner(
+            Celery("django-checks", broker="redis://127.0.0.1:1/0"),
+            allow=["tests.django_project.views"],
+            retry_window=0,
+            dead_letter=letters.append,
+        )
+    app = AfterMiddleware(WSGIHandler(), runner=runner, max_callbacks=2)
+    try:
+        response = serve(app, f"/commit-checked/{kind}")
+    finally:
+        if isinstance(runner, CeleryRunner):
+            runner.shutdown(1)
+    assert response.status.startswith("200")
+    expected: list[object] = ["TypeError"] if kind == "json" else ["RuntimeError", 0, 1]
+    assert sorted(items(recorded), key=str) == sorted([*expected, "other hook"], key=str)
+    assert Note.objects.filter(text=f"checked-{kind}").count() == 1
+
+
 @pytest.mark.django_db(transaction=True, databases=["default", "other"])
 def test_after_commit_follows_the_transaction_of_its_database(
     client: Client, settings: SettingsWrapper, recorded: list[t.Any]
@@ -314,6 +375,74 @@ class InlineTestCaseTests(TestCase):
         assert callbacks == [CapturedCallback(views.remember, ("j",), {"wait": False})]
 
 
+class ProjectSettingsTestCaseTests(TestCase):
+    """``TestCase`` with the project's own settings (no INLINE), as a newcomer's ``tests.py``.
+
+    On the thread pool the callbacks would commit through connections of their own,
+    outside the test's transaction (the rows would outlive its rollback and show up in
+    the next test), and could not see its rows: in a test's transaction they run inline.
+    """
+
+    def test_after_callbacks_run_inside_the_tests_transaction(self) -> None:
+        self.client.get("/note/in-test-case")
+        here = threading.current_thread().name
+        assert list(Note.objects.values_list("text", "thread")) == [("in-test-case", here)]
+
+    def test_after_commit_under_capture_on_commit_callbacks_runs_inline(self) -> None:
+        with self.captureOnCommitCallbacks(execute=True) as hooks:
+            self.client.get("/commit/k")
+        assert len(hooks) == 1
+        assert items(views.recorded) == [("k", True)]
+
+    def test_a_failing_callback_fails_the_request(self) -> None:
+        with pytest.raises(RuntimeError, match=r"^the callback failed$"):
+            self.client.get("/fail")
+
+
+# -- the pytest plugin's after_inline with pytest-django ---------------------------------
+
+
+@pytest.mark.django_db
+def test_after_inline_runs_after_commit_under_capture_on_commit_callbacks(
+    client: Client,
+    after_inline: None,
+    django_capture_on_commit_callbacks: t.Any,
+    recorded: list[t.Any],
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True) as hooks:
+        client.get("/commit/m")
+        assert recorded == []  # the test's transaction never commits
+    assert len(hooks) == 1
+    assert items(recorded) == [("m", True)]  # at once, in this thread: nothing on the pool
+
+
+@pytest.mark.django_db(transaction=True)
+def test_after_inline_runs_a_commit_after_the_response_inline(
+    client: Client, after_inline: None, recorded: list[t.Any]
+) -> None:
+    with transaction.atomic():  # the view's transaction commits after its response closed
+        client.get("/commit/n")
+        assert recorded == []
+    assert items(recorded) == [("n", True)]  # at once: nothing on the pool
+
+
+class ThreadPoolTestCaseTests(TestCase):
+    """``TestCase`` with the default settings (the thread pool)."""
+
+    def test_capture_on_commit_execute_runs_after_commit_callbacks_in_the_tests_thread(
+        self,
+    ) -> None:
+        # The commit comes after the response closed: the callbacks went to the thread
+        # pool (another connection: no TestCase rows), had not run when the block ended,
+        # and an async one never ran (issue 21, item 5).
+        with self.captureOnCommitCallbacks(execute=True) as hooks:
+            self.client.get("/commit/k")
+            self.client.get("/commit-async/l")
+            assert views.recorded == []  # TestCase's transaction never commits
+        assert len(hooks) == 2
+        assert items(views.recorded) == [("k", True), "l"]
+
+
 # -- settings and system checks --------------------------------------------------------
 
 
@@ -327,13 +456,15 @@ def test_checks_pass_for_the_project() -> None:
 
 def test_check_catches_a_misplaced_middleware(settings: SettingsWrapper) -> None:
     settings.MIDDLEWARE = [
+        "django.middleware.security.SecurityMiddleware",
         "django.middleware.common.CommonMiddleware",
         "wsgi_after.django.AfterMiddleware",
     ]
     assert wsgi_after_messages() == [
         (
             "wsgi_after.E003",
-            "'wsgi_after.django.AfterMiddleware' is at position 1 of MIDDLEWARE, after"
+            "'wsgi_after.django.AfterMiddleware' is entry 3 of MIDDLEWARE, below"
+            " 'django.middleware.security.SecurityMiddleware' and"
             " 'django.middleware.common.CommonMiddleware': middleware above it runs outside"
             " the request's callbacks, and one that replaces the response would keep them"
             " from ever running.",
@@ -385,6 +516,12 @@ def test_check_catches_a_missing_middleware(settings: SettingsWrapper) -> None:
             "WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0 (inf: no limit),"
             " got -1.",
             id="drain-timeout",
+        ),
+        pytest.param(  # nan < 0 is False: it passed, then every request's runner refused it
+            {"DRAIN_TIMEOUT": float("nan")},
+            "WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0 (inf: no limit),"
+            " got nan.",
+            id="drain-timeout-nan",
         ),
         pytest.param(
             {"INLINE": "yes"},

@@ -178,6 +178,38 @@ def test_a_listener_that_raises_is_logged_and_harms_nothing(
     assert any("Event listener" in r.getMessage() for r in log.records)
 
 
+class ListenerTimeout(BaseException):
+    """What gevent.Timeout is: a BaseException, not an Exception."""
+
+
+def test_a_listener_raising_a_base_exception_is_logged_and_skips_no_callback(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    # It escaped the listener loop: every callback of the request was skipped, with no
+    # log line (issue 21, item 13).
+    ran: list[str] = []
+
+    def bad(event: events.CallbackEvent) -> None:
+        if event.kind == "started":
+            raise ListenerTimeout
+
+    def view(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        after(ran.append, "first")
+        after(ran.append, "second")
+        start_response("200 OK", [])
+        return [b""]
+
+    events.subscribe(bad)
+    try:
+        serve(AfterMiddleware(view, runner=InlineRunner()), "/timeout")
+    finally:
+        events.unsubscribe(bad)
+    assert ran == ["first", "second"]
+    messages = [r.getMessage() for r in log.records if r.levelname == "ERROR"]
+    assert len(messages) == 2
+    assert all(m.startswith("Event listener") and "'started' event" in m for m in messages)
+
+
 def test_subscribe_refuses_what_cannot_listen() -> None:
     with pytest.raises(TypeError, match="'subscribe\\(\\)' needs a callable"):
         events.subscribe(42)  # type: ignore[arg-type]

@@ -10,8 +10,11 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 
-from wsgi_after import ThreadRunner, shutdown_runners
+import pytest
+
+from wsgi_after import ThreadRunner, lifecycle, shutdown_runners
 
 
 def run_program(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -23,6 +26,14 @@ def run_program(code: str, *args: str, timeout: float = 60) -> subprocess.Comple
     )
 
 
+@pytest.fixture
+def only_this_tests_runners(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process-wide shutdown sees only the runners this test makes: the ones made
+    before it (the Django app's, which serves later tests) are not its to stop."""
+    monkeypatch.setattr(lifecycle, "_registry", weakref.WeakSet())
+
+
+@pytest.mark.usefixtures("only_this_tests_runners")
 def test_one_deadline_for_every_runner() -> None:
     release = threading.Event()
     runners = [ThreadRunner(max_workers=1, drain_timeout=2.0) for _ in range(4)]
@@ -35,6 +46,7 @@ def test_one_deadline_for_every_runner() -> None:
     assert 2.0 <= elapsed < 6.0  # one shared 2 s deadline, not 8 s of four in a row
 
 
+@pytest.mark.usefixtures("only_this_tests_runners")
 def test_shutdown_runners_takes_the_servers_budget_over_drain_timeouts() -> None:
     release = threading.Event()
     runner = ThreadRunner(max_workers=1, drain_timeout=30.0)
@@ -109,6 +121,41 @@ def test_exit_is_not_held_by_a_thread_blocked_on_a_full_queue() -> None:
     assert "main thread exits" in lines
     not_run = [line for line in lines if "was not run" in line]
     assert len(not_run) == 2  # the queued one and the late one: logged by name, not lost
+
+
+BLOCKED_IN_AN_EXECUTOR_IMPORTED_LATER = """
+import logging, sys, threading, time
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
+from wsgi_after import ThreadRunner
+from concurrent.futures import ThreadPoolExecutor  # its exit hook registered after ours
+
+runner = ThreadRunner(max_workers=1, max_pending=1, on_full="block", drain_timeout=1.0)
+release = threading.Event()
+runner.submit(lambda: release.wait(60))   # a hung callback: the worker is busy
+runner.submit(lambda: None)               # the queue is full
+blocked = threading.Event()
+
+def close_a_response():  # a request thread of the executor (gunicorn gthread's)
+    blocked.set()
+    runner.submit(lambda: sys.stdout.write("late chain ran\\n"))
+
+ThreadPoolExecutor(1).submit(close_a_response)  # blocks in submit
+blocked.wait(10)
+sys.stdout.write("main thread exits\\n")
+"""
+
+
+def test_exit_is_bounded_whatever_the_import_order() -> None:
+    # Python runs threading's exit hooks last registered first: the executor's join ran
+    # before the hook that releases its thread blocked on the full queue (issue 21).
+    started = time.monotonic()
+    done = run_program(BLOCKED_IN_AN_EXECUTOR_IMPORTED_LATER, timeout=40)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert elapsed < 20  # drain_timeout is 1 s
+    lines = done.stdout.splitlines()
+    assert "main thread exits" in lines
+    assert len([line for line in lines if "was not run" in line]) == 2
 
 
 LOSSLOG_FORK = """
@@ -266,3 +313,39 @@ def test_a_forked_child_ends_with_its_callbacks_exit_code() -> None:
     ]
     assert "child exitmsg message" in done.stderr.splitlines()
     assert "child error" not in done.stderr  # the parent's logging is not the child's
+
+
+def test_a_forked_child_logs_its_own_never_closed_responses() -> None:
+    # The parent filled the loss log's first window (five lines, then counts every 10 s
+    # by a timer thread): a child that inherited it counted its losses for a timer that
+    # does not exist there, and logged nothing, for ever (issue 21, item 11).
+    result = run_program(
+        """
+        import contextvars, gc, os, sys
+        from wsgi_after import AfterMiddleware, InlineRunner, after
+
+        def app(environ, start_response):
+            after(print, environ["PATH_INFO"])
+            start_response("200 OK", [])
+            return [b"ok"]
+
+        app = AfterMiddleware(app, runner=InlineRunner())
+
+        def never_closed(path):
+            b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": path}, lambda s, h: None))
+
+        for i in range(6):
+            contextvars.copy_context().run(never_closed, f"/parent-{i}")
+        gc.collect()
+        pid = os.fork()
+        if pid == 0:
+            contextvars.copy_context().run(never_closed, "/child")
+            gc.collect()
+            sys.stderr.flush()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        os._exit(0)  # the parent's summary is not this test's business
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "queued by 'GET /child' was not run" in result.stderr

@@ -110,7 +110,7 @@ def test_app_raising_before_returning_schedules_callbacks_and_reraises() -> None
 
     with pytest.raises(KeyError) as info:
         serve(AfterMiddleware(app, runner=InlineRunner()))
-    assert seen == [Outcome(status=None, completed=False, error=info.value)]
+    assert seen == [Outcome(status=500, completed=False, error=info.value)]  # the server's
     assert seen[0] is not None
     assert seen[0].error is info.value
 

@@ -301,3 +301,32 @@ def test_callback_names_past_the_cap_are_other(telemetry: Telemetry) -> None:
     finally:
         provider.shutdown()
     assert counts(reader) == {("completed", "tests.test_otel.ok"): 2, ("failed", "other"): 1}
+
+
+def test_queue_depth_of_runners_with_one_name_is_their_sum(telemetry: Telemetry) -> None:
+    # Every default runner is named 'wsgi-after': backlogs 3 and 5 are 8, as Prometheus
+    # says, not one point of whichever came last (issue 21, item 10).
+    release = threading.Event()
+    started = threading.Barrier(3)
+
+    def blocker() -> None:
+        started.wait(10)
+        assert release.wait(10)
+
+    runners = [ThreadRunner(max_workers=1, name="otel-same") for _ in range(2)]
+    try:
+        for runner, backlog in zip(runners, (3, 5), strict=True):
+            runner.submit(blocker)
+            for _ in range(backlog):
+                runner.submit(ok)
+        started.wait(10)  # both workers busy: the rest wait in the queues
+        depth = [
+            p.value
+            for p in points(telemetry.metrics, "wsgi_after.queue.depth")
+            if p.attributes == {"wsgi_after.runner": "otel-same"}
+        ]
+        assert depth == [8]
+    finally:
+        release.set()
+        for runner in runners:
+            runner.shutdown(5)

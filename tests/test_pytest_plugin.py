@@ -138,3 +138,31 @@ def test_session_goes_on():
         ["FAILED test_app.py::test_interrupting_callback_fails_only_this_test*"]
     )
     result.stdout.fnmatch_lines(["*A callback raised KeyboardInterrupt()*"])
+
+
+def test_after_inline_sees_failures_under_a_django_logging_that_disables_existing_loggers(
+    pytester: pytest.Pytester,
+) -> None:
+    # The plugin (loaded first) creates the 'wsgi_after' logger; Django's LOGGING without
+    # 'disable_existing_loggers': False then disables every logger that exists (issue 21, 8).
+    pytester.makeconftest(
+        """
+import django
+from django.conf import settings
+
+settings.configure(LOGGING={"version": 1, "root": {"level": "WARNING"}})
+django.setup()
+"""
+    )
+    pytester.makepyfile(
+        app=APP,
+        test_app="""
+from app import app
+
+def test_failing_callback_fails_the_test(after_inline):
+    app.test_client().get("/broken", buffered=True)
+""",
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ValueError: smtp down*"])

@@ -4,6 +4,7 @@ ClosingFile with FileWrapperHook."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
 import types
 import typing as t
@@ -274,3 +275,186 @@ def test_a_file_wrapper_object_that_refuses_the_hook_is_wrapped_and_its_callback
     assert b"".join(response) == b"abc"
     t.cast(t.Any, response).close()
     assert ran == ["ran"]
+
+
+class StopTheGreenlet(BaseException):
+    """What gevent.Timeout is: a BaseException, not an Exception."""
+
+
+def outcome_of(app: t.Any, environ: dict[str, t.Any] | None = None) -> Outcome | None:
+    """Serve ``app`` as a server does (iterate, close) and return its callback's outcome()."""
+    seen: list[Outcome | None] = []
+
+    def view_app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        after(lambda: seen.append(outcome()))
+        return app(environ, start_response)
+
+    response = call(AfterMiddleware(view_app, runner=InlineRunner()), environ)
+    try:
+        for _ in response:
+            pass
+    except BaseException:
+        pass  # the server logs it (and sends a 500 if nothing was sent yet)
+    finally:
+        with contextlib.suppress(Exception):  # the server logs it
+            response.close()
+    [result] = seen
+    return result
+
+
+def test_a_base_exception_raised_while_the_server_iterates_is_the_outcome_error() -> None:
+    # Also open in issue 21: gevent.Timeout while the body is sent was not outcome().error.
+    stop = StopTheGreenlet()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"first"
+        raise stop
+
+    result = outcome_of(app)
+    assert result is not None
+    assert result.error is stop
+    assert result.completed is False
+
+
+class BodyClosingBadly:
+    """A body whose own close() raises."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        return iter([b"body"])
+
+    def close(self) -> None:
+        raise self.error
+
+
+def test_an_error_from_the_bodys_own_close_is_the_outcome_error() -> None:
+    # Also open in issue 21: it reached the server, but not outcome().error.
+    error = OSError("could not release the cursor")
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        start_response("200 OK", [])
+        return BodyClosingBadly(error)
+
+    result = outcome_of(app)
+    assert result == Outcome(200, True, error)
+
+
+class Proxy:
+    """A body behind a lazy proxy whose __getattr__ raises what is not AttributeError."""
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        return iter([b"lazy"])
+
+    def __getattr__(self, name: str) -> t.Any:
+        raise LookupError(f"the proxy has no {name!r} yet")
+
+
+def test_a_body_whose_getattr_raises_something_else_is_wrapped_and_sent() -> None:
+    # Also open in issue 21: wrap() asked hasattr(body, '__len__'), which passes on only
+    # AttributeError: the request failed, and its callbacks were reported never closed.
+    ran: list[str] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        after(ran.append, "ran")
+        start_response("200 OK", [])
+        return Proxy()
+
+    response = call(AfterMiddleware(app, runner=InlineRunner()))
+    assert b"".join(response) == b"lazy"
+    response.close()
+    assert ran == ["ran"]
+
+
+class SendFile:
+    """What a server's file_wrapper function (uWSGI's, mod_wsgi's) returns."""
+
+    def __init__(self, filelike: t.Any) -> None:
+        self.filelike = filelike
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        return iter([b"file"])
+
+    def close(self) -> None:
+        self.filelike.close()
+
+
+def server_file_wrapper(filelike: t.Any, block_size: int = 8192) -> SendFile:
+    return SendFile(filelike)
+
+
+def test_an_app_that_calls_the_file_wrapper_twice_keeps_sendfile() -> None:
+    # Also open in issue 21: only the object of the last call went back to the server
+    # unwrapped; returning the first one lost the server's sendfile path.
+    ran: list[str] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        after(ran.append, "ran")
+        start_response("200 OK", [])
+        first = environ["wsgi.file_wrapper"](io.BytesIO(b"first"))
+        environ["wsgi.file_wrapper"](io.BytesIO(b"second"))  # made, then dropped
+        made.append(first)
+        return first
+
+    made: list[SendFile] = []
+    environ = make_environ(extra={"wsgi.file_wrapper": server_file_wrapper})
+    response = call(AfterMiddleware(app, runner=InlineRunner()), environ)
+    assert response is made[0]  # the server's own object: its sendfile path
+    assert ran == []
+    response.close()
+    assert ran == ["ran"]
+
+
+@pytest.mark.parametrize("where", ["view", "body"])
+def test_the_status_is_the_500_the_server_sent_for_an_error_before_the_body(where: str) -> None:
+    # Also open in issue 21: the server itself answers 500 for an error raised before any
+    # of the body was sent; outcome().status said the app's 200 (or None).
+    import http.client
+    import threading
+    import wsgiref.simple_server
+
+    seen: list[Outcome | None] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterator[bytes]:
+        after(lambda: seen.append(outcome()))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        if where == "view":
+            raise RuntimeError("the view failed")
+        return failing_body()
+
+    def failing_body() -> t.Iterator[bytes]:
+        raise RuntimeError("the body failed")
+        yield b"never"
+
+    class Quiet(wsgiref.simple_server.WSGIRequestHandler):
+        def log_message(self, *args: t.Any) -> None:
+            pass
+
+    class QuietServer(wsgiref.simple_server.WSGIServer):
+        def handle_error(self, request: t.Any, client_address: t.Any) -> None:
+            pass  # the view's error, raised into the server: logged by it, as a real one
+
+    server = wsgiref.simple_server.make_server(
+        "127.0.0.1",
+        0,
+        AfterMiddleware(app, runner=InlineRunner()),
+        server_class=QuietServer,
+        handler_class=Quiet,
+    )
+    thread = threading.Thread(target=server.handle_request)
+    thread.start()
+    try:
+        client = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=TIMEOUT)
+        client.request("GET", "/")
+        status = client.getresponse().status
+        client.close()
+        thread.join(TIMEOUT)
+    finally:
+        server.server_close()
+    assert status == 500
+    [result] = seen
+    assert result is not None
+    assert result.status == 500
+    assert isinstance(result.error, RuntimeError)

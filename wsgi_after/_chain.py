@@ -22,11 +22,12 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import contextvars
+import gc
 import logging
 import time
 import typing as t
 
-from . import _context, events
+from . import _context, events, lifecycle
 from ._execute import run_callbacks
 from ._request import (
     APPENDED,
@@ -155,6 +156,21 @@ class Chain(ClosingResponse, RequestView):
             write = self._start_response(status, headers, exc_info)  # type: ignore[misc]
         self.status = status
         return write
+
+    def on_error_before_body(self) -> None:
+        """The server answers this request with its own 500 (PEP 3333 leaves it the
+        error raised before the headers were sent): that is the status the client got.
+        uWSGI sends none: it closes the connection (so the status is None)."""
+        environ = self.environ
+        if environ is not None and "uwsgi.version" in environ:
+            self.status = None
+        else:
+            self.status = "500 Internal Server Error"
+
+    def returned(self) -> bool:
+        """Whether the app already returned this request's response, or the request
+        finished: a request that starts later in the same context is not nested in it."""
+        return hasattr(self, "_inner")  # set by wrap(), and when the chain is released
 
     __call__ = run_callbacks
 
@@ -324,6 +340,41 @@ class PendingChain(Chain):
             if events.listeners:
                 events.emit_each("never_closed", names, *self.method_and_path())
             self.discard()
+
+
+_open_at_exit = LossLog(
+    "its request was still running when the process exited (the server stopped waiting for it)."
+)
+
+
+def _name_open_requests() -> None:
+    """At exit, after the drain: log by name the callbacks of requests still open.
+
+    Found by a walk of the garbage collector's objects, once, at exit: tracking open
+    requests would cost every request that queues a callback.
+    """
+    found = False
+    for chain in gc.get_objects():
+        # type(), not isinstance(): that reads __class__, which a lazy object (Django's
+        # LazyObject) computes, and may raise.
+        if not (issubclass(type(chain), PendingChain) and chain.state == OPEN):
+            continue
+        with handover:  # the request's thread may be in after() right now
+            if chain.state != OPEN:
+                continue
+            chain.state = CLOSING  # its after() and close() now refuse, or do nothing
+        names = chain.callback_names()
+        if names:
+            found = True
+            _open_at_exit.record(names, chain.describe())
+            if events.listeners:
+                events.emit_each("lost", names, *chain.method_and_path())
+        chain.discard()
+    if found:
+        _open_at_exit.close()
+
+
+lifecycle.report_at_exit(_name_open_requests)
 
 
 class SizedPendingChain(SizedMixin, PendingChain):

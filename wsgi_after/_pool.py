@@ -319,6 +319,7 @@ class ThreadRunner:
             self._submit_blocking(fn)
 
     def _submit_blocking(self, fn: t.Callable[[], object]) -> None:
+        lifecycle.keep_exit_hook_first()  # so that exit releases this thread, whatever hook
         with self._lock:
             self._blocked += 1
             try:
@@ -363,6 +364,7 @@ class ThreadRunner:
         now = time.monotonic()
         if self._live and now - self._start_error_at < 1.0:
             return False  # it failed a moment ago: do not try on every request
+        lifecycle.keep_exit_hook_first()  # before an executor's, imported after us
         worker = Worker()
         thread = threading.Thread(
             target=_work,
@@ -544,6 +546,7 @@ class ThreadRunner:
             f" (it drained for {time.monotonic() - self._shutdown_at:.1f} s)."
         )
         lost = []
+        stops = 0
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -551,6 +554,10 @@ class ThreadRunner:
                 break
             if item is not None:
                 lost.append(item[0])
+            else:
+                stops += 1
+        for _ in range(stops):  # a worker still running (or draining) ends after its task
+            self._queue.put(None)
         for fn in lost:
             lose(self._lost, "lost", fn, self)
         with self._lock:

@@ -46,7 +46,9 @@ Entry = tuple[t.Any, tuple[t.Any, ...], dict[str, t.Any], contextvars.Context]
 class Outcome(t.NamedTuple):
     """How the request that queued a callback ended, as :func:`outcome` reports it."""
 
-    #: The status code the client got from ``start_response``, or None if it was never called.
+    #: The status code the client got: from ``start_response``, or the 500 the server
+    #: sends itself for an error raised before any of the body was sent; else None
+    #: (uWSGI closes the connection instead).
     status: int | None
     #: False when the body was not fully sent (client disconnect, error while iterating).
     completed: bool

@@ -54,7 +54,8 @@ class ClosingResponse:
     _iterator: t.Iterator[bytes] | None
     #: The exception the app or its iterable raised.
     error: BaseException | None
-    #: What the server's ``wsgi.file_wrapper`` returned during the request.
+    #: What the server's ``wsgi.file_wrapper`` returned during the request (all of
+    #: it, when it was called more than once).
     file_response: object
 
     #: The subclass with ``__len__`` (and :class:`SizedMixin`) that :meth:`wrap`
@@ -84,7 +85,10 @@ class ClosingResponse:
             else:
                 self.completed = True  # as below
                 return result
-        if result is self.file_response:
+        made = self.file_response
+        if made is not None and (
+            result is made or (type(made) is _Several and any(result is m for m in made))
+        ):
             # The server sends it, with sendfile where it can, and tells us no more
             # than close(): a file response counts as fully sent.
             self.completed = True
@@ -92,7 +96,12 @@ class ClosingResponse:
         self._inner = result
         if kind is list:  # the commonest body
             self.__class__ = self.listed
-        elif hasattr(result, "__len__"):
+            return self
+        try:  # (inline: a call costs every response more)
+            sized = hasattr(result, "__len__")
+        except Exception:  # a lazy proxy's __getattr__ raising other than AttributeError
+            sized = False
+        if sized:
             self.__class__ = self.sized
         return self
 
@@ -102,11 +111,16 @@ class ClosingResponse:
         return self.completed
 
     def __iter__(self) -> t.Iterator[bytes]:
+        chunk = None
         try:
-            for chunk in self._inner:  # noqa: UP028 ('yield from' costs more per response)
+            for chunk in self._inner:  # ('yield from' costs more per response)
                 yield chunk
-        except Exception as e:
+        except GeneratorExit:  # the server dropped or closed this iterator: not an error
+            raise
+        except BaseException as e:  # gevent.Timeout too
             self.error = e
+            if chunk is None:  # nothing was sent: the server answers with an error itself
+                self.on_error_before_body()
             raise
         self.completed = True
 
@@ -116,14 +130,25 @@ class ClosingResponse:
         except IndexError:
             return
         try:
-            close = getattr(self._inner, "close", None)
+            try:  # (inline: a call costs every response more)
+                close = getattr(self._inner, "close", None)
+            except Exception:  # a lazy proxy's __getattr__: the body has no close()
+                close = None
             if close is not None:
                 close()
+        except BaseException as e:  # the server gets it too; the callbacks see it first
+            if self.error is None:
+                self.error = e
+            raise
         finally:
             self.on_close()
 
     def on_close(self) -> None:
         """Called once, after the app's iterable was closed; subclasses act here."""
+
+    def on_error_before_body(self) -> None:
+        """Called when the app or its body raised before any of the body was sent: the
+        server answers with an error response of its own (a 500); subclasses record it."""
 
 
 class SizedMixin:
@@ -267,5 +292,17 @@ class FileWrapperHook:
         if response is None:  # called outside the request (another thread): nothing to hook
             return self.server_wrapper(filelike, *args, **kwargs)
         result = self.server_wrapper(ClosingFile(filelike, response), *args, **kwargs)
-        response.file_response = result
+        made = response.file_response
+        if made is None:
+            response.file_response = result
+        elif type(made) is _Several:  # an app that calls it more than once: any may be
+            made.append(result)  # the one it returns
+        else:
+            response.file_response = _Several((made, result))
         return result
+
+
+class _Several(list[object]):
+    """The objects of a request that called ``wsgi.file_wrapper`` more than once."""
+
+    __slots__ = ()

@@ -36,8 +36,8 @@ another runner (a :class:`~concurrent.futures.ThreadPoolExecutor`), and on a
 Celery worker.
 
 Nothing is computed for events while nobody listens: the hot path checks one
-list. A listener that raises is logged; the callback and the request never
-see its error.
+list. A listener that raises anything (``BaseException`` included) is logged;
+the callback and the request never see its error.
 """
 
 from __future__ import annotations
@@ -158,7 +158,8 @@ def running_for(runner: object) -> t.Iterator[None]:
 
 
 def emit(event: CallbackEvent) -> None:
-    """Call every listener with ``event``; a listener's error is logged, never raised.
+    """Call every listener with ``event``; a listener's error is logged, never raised,
+    whatever it is (a ``BaseException`` such as ``gevent.Timeout`` included).
 
     A ``"started"``, ``"finished"`` or ``"failed"`` event without a runner gets this
     thread's (:func:`current_runner`).
@@ -170,7 +171,7 @@ def emit(event: CallbackEvent) -> None:
     for listener in tuple(listeners):
         try:
             listener(event)
-        except Exception:
+        except BaseException:  # gevent.Timeout too: it would skip the request's callbacks
             logger.exception("Event listener %r raised on a %r event.", listener, event.kind)
 
 

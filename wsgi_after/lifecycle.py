@@ -15,7 +15,10 @@ process can treat them as one:
 * **fork**: in a child, every runner forgets its parent's threads, queue and
   locks (:func:`after_fork_in_child`), and starts its own threads when first
   used. Servers that do not run Python's fork hooks (uWSGI without
-  ``--lazy-apps``) call it from their own post-fork hook.
+  ``--lazy-apps``) call it from their own post-fork hook;
+* **requests still open at exit**: a server that stops waiting for its request
+  threads (waitress waits 5 s) exits with some requests still in the view; once
+  the runners drained, the reports of :func:`report_at_exit` name their callbacks.
 
 Server hooks (gunicorn's ``worker_exit``, uWSGI's ``atexit``, mod_wsgi's
 shutdown event) call :func:`shutdown` with the time the server allows; uWSGI's
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import math
 import os
 import sys
@@ -220,16 +224,52 @@ def leave_forked_child(error: BaseException | None) -> t.NoReturn:
     os._exit(code)
 
 
+_exit_reports: list[t.Callable[[], None]] = []
+
+
+def report_at_exit(report: t.Callable[[], None]) -> None:
+    """Call ``report`` at interpreter exit, once the runners drained (so that what it
+    finds then, such as requests still open, is really lost)."""
+    _exit_reports.append(report)
+
+
+def _report_at_exit() -> None:
+    for report in _exit_reports:
+        try:
+            report()
+        except Exception:
+            logging.getLogger("wsgi_after").exception("A report at exit raised.")
+
+
 def _interpreter_exiting() -> None:
     for runner in runners():
         runner.exiting()
 
 
+def keep_exit_hook_first() -> None:
+    """Make ours the first of the hooks Python runs before it joins threads.
+
+    They run last registered first, and ``concurrent.futures`` registers one (that
+    joins its executors' threads) when it is first imported: imported after
+    ``wsgi_after``, it joined a request thread blocked on a full queue before ours
+    could release it, and the process never exited. Called as a runner starts a
+    thread and as a submitter starts to wait; cheap when ours is last already.
+    """
+    hooks = getattr(threading, "_threading_atexits", None)
+    if _register_atexit is None or hooks is None or (hooks and hooks[-1] is _interpreter_exiting):
+        return
+    with contextlib.suppress(RuntimeError):  # exiting already: too late to reorder
+        _register_atexit(_interpreter_exiting)
+
+
 if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(after_in_child=after_fork_in_child)
+atexit.register(_report_at_exit)  # before shutdown: atexit runs it after (last in, first out)
 atexit.register(shutdown)
 # Runs before Python joins non-daemon threads (and so before atexit handlers):
 # the only moment to release a request thread blocked on a full queue.
-_register_atexit = getattr(threading, "_register_atexit", None)
+_register_atexit: t.Callable[[t.Callable[[], None]], None] | None = getattr(
+    threading, "_register_atexit", None
+)
 if _register_atexit is not None:
     _register_atexit(_interpreter_exiting)

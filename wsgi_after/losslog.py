@@ -18,10 +18,34 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import typing as t
+import weakref
+
+
+class _AlwaysEnabled(logging.Logger):
+    """The ``wsgi_after`` logger's class: ``disabled`` is always False.
+
+    ``logging.config.dictConfig`` with ``disable_existing_loggers`` (its default, and
+    Django's ``LOGGING`` without ``'disable_existing_loggers': False``) disables every
+    logger that exists and that it does not name, so one configured after the import
+    would silence every loss. Silence the logger with a level instead.
+    """
+
+    @property
+    def disabled(self) -> bool:
+        return False
+
+    @disabled.setter
+    def disabled(self, value: bool) -> None:
+        pass  # never disabled: losses are not lost silently
+
 
 logger = logging.getLogger("wsgi_after")
+# Every module's getLogger("wsgi_after") returns this one object: switch its class
+# once, here (the core imports this module before anything logs).
+logger.__class__ = _AlwaysEnabled
 
 
 class LossLog:
@@ -37,10 +61,12 @@ class LossLog:
         self.burst = burst
         self.interval = interval
         self.reset()
+        _every.add(self)
 
     def reset(self) -> None:
         """Forget everything: at init, and in a child after ``fork()`` (the parent's
-        lock may be held by a thread that does not exist there, and its timer is gone)."""
+        lock may be held by a thread that does not exist there, and its timer is gone).
+        Every loss log, a module's own included, is reset in a forked child."""
         self._lock = threading.RLock()  # re-entrant: a chain's __del__ may log from a GC pass
         self._logged = 0
         self._counts: collections.Counter[str] = collections.Counter()
@@ -95,3 +121,16 @@ class LossLog:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+
+
+# Every loss log of the process, for the fork hook below (held weakly).
+_every: weakref.WeakSet[LossLog] = weakref.WeakSet()
+
+
+def _reset_every_loss_log() -> None:
+    for loss_log in list(_every):
+        loss_log.reset()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_reset_every_loss_log)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import typing as t
 
@@ -33,6 +34,9 @@ RunnerT = t.TypeVar("RunnerT", bound=Submits)
 # a name an import bound (CURRENT.set()) as an attribute load that makes a bound-method
 # object per call.
 CURRENT = _context.CURRENT
+
+
+_MISSING = contextvars.Token.MISSING  # a token's old_value when the variable had none
 
 
 class AfterMiddleware(t.Generic[RunnerT]):
@@ -149,7 +153,14 @@ class AfterMiddleware(t.Generic[RunnerT]):
         environ["wsgi_after.chain"] = chain
         # Current until the response closes (on_close resets it), so that after()
         # works while the server iterates a streaming body.
-        chain.token = CURRENT.set(chain)
+        chain.token = token = CURRENT.set(chain)
+        previous = token.old_value
+        if previous is not None and previous is not _MISSING and previous.returned():
+            # A request of this context whose response was never closed (or was closed
+            # from another thread): this one is not nested in it. Its token must not
+            # keep it alive, nor make it current again when this one closes.
+            CURRENT.set(None)
+            chain.token = CURRENT.set(chain)
         file_wrapper = environ.get("wsgi.file_wrapper")
         hook = None
         if file_wrapper is not None and file_wrapper is not self._file_class:
@@ -162,6 +173,7 @@ class AfterMiddleware(t.Generic[RunnerT]):
             result = self.app(environ, chain.start_response)
         except BaseException as e:
             chain.error = e
+            chain.on_error_before_body()
             chain.on_close()
             raise
         finally:

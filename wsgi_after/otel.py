@@ -38,7 +38,8 @@ Metrics, through the OpenTelemetry metrics API (callback names are capped at
 * ``wsgi_after.callbacks.hung`` (counter): callbacks that ran longer than a
   runner's ``slow_callback``, by ``wsgi_after.callback``;
 * ``wsgi_after.queue.depth`` (observable gauge): tasks (one per request) waiting
-  in each registered runner that has ``stats()``, by ``wsgi_after.runner``;
+  in each registered runner that has ``stats()``, by ``wsgi_after.runner``
+  (runners sharing a name are summed);
 * ``wsgi_after.queue.delay`` and ``wsgi_after.callback.duration`` (histograms,
   seconds), by ``wsgi_after.callback``.
 
@@ -158,16 +159,18 @@ class _Instrumentation:
     def observe_depth(self, options: metrics.CallbackOptions) -> list[metrics.Observation]:
         if not self.enabled:
             return []
-        found = []
+        # Summed by name: runners may share one (every default runner is 'wsgi-after'),
+        # and two points with the same attributes would keep only the last.
+        by_name: dict[str, int] = {}
         for runner in lifecycle.runners():
             stats = getattr(runner, "stats", None)
             if stats is None:
                 continue
             queued = getattr(stats(), "queued", None)
             if isinstance(queued, int):
-                name = getattr(runner, "name", type(runner).__name__)
-                found.append(metrics.Observation(queued, {"wsgi_after.runner": str(name)}))
-        return found
+                name = str(getattr(runner, "name", type(runner).__name__))
+                by_name[name] = by_name.get(name, 0) + queued
+        return [metrics.Observation(n, {"wsgi_after.runner": name}) for name, n in by_name.items()]
 
     def __call__(self, event: events.CallbackEvent) -> None:
         kind = event.kind

@@ -16,8 +16,10 @@ urlpatterns = [
     path("file", views.file),
     path("commit/<str:text>", views.commit),
     path("commit-async/<str:text>", views.commit_async),
+    path("commit-checked/<str:kind>", views.commit_checked),
     path("nested", views.nested),
     path("other-db", views.other_db),
     path("view-row", views.view_row),
+    path("async-count/<str:text>", views.async_count),
     path("task/<str:name>", views.enqueue),
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import typing as t
 
+from asgiref.sync import sync_to_async
 from django.db import connection, transaction
 from django.http import (
     FileResponse,
@@ -61,6 +62,18 @@ async def remember_async(item: object) -> None:
 
 def count_rows(text: str) -> None:
     remember(Note.objects.filter(text=text).count())
+
+
+def backend_pid() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("select pg_backend_pid()")
+        return int(cursor.fetchone()[0])
+
+
+async def count_rows_async(text: str) -> None:
+    """The async ORM: its queries run wherever asgiref sends thread-sensitive code."""
+    count = await Note.objects.filter(text=text).acount()
+    recorded.append((count, await sync_to_async(backend_pid)()))
 
 
 def note(request: HttpRequest, text: str) -> HttpResponse:
@@ -144,6 +157,27 @@ def other_db(request: HttpRequest) -> HttpResponse:
 def view_row(request: HttpRequest) -> HttpResponse:
     Note.objects.create(text="view-row")
     after(count_rows, "view-row")
+    return HttpResponse("done")
+
+
+def async_count(request: HttpRequest, text: str) -> HttpResponse:
+    after(count_rows_async, text)
+    return HttpResponse("queued")
+
+
+def commit_checked(request: HttpRequest, kind: str) -> HttpResponse:
+    """``after_commit()`` calls that ``after()`` would refuse, then another on_commit hook."""
+    with transaction.atomic():
+        Note.objects.create(text=f"checked-{kind}")
+        try:
+            if kind == "json":
+                after_commit(remember, object())  # a CeleryRunner cannot send it
+            else:
+                for i in range(3):  # past max_callbacks=2
+                    after_commit(remember, i)
+        except (TypeError, RuntimeError) as e:
+            recorded.append((type(e).__name__, None))
+        transaction.on_commit(lambda: recorded.append(("other hook", None)))
     return HttpResponse("done")
 
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import dataclasses
+import functools
 import importlib
 import json
 import logging
+import os
 import pathlib
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -186,7 +189,7 @@ def test_outcome_on_the_worker_carries_the_error(
     with pytest.raises(KeyError):
         serve(AfterMiddleware(app, runner=runner))
     [row] = cluster.rows(1)
-    assert row[2:5] == (None, 0, "KeyError: 'missing order'")
+    assert row[2:5] == (500, 0, "KeyError: 'missing order'")  # the server's own 500
 
 
 def test_an_argument_mutated_after_after_is_sent_as_it_was_passed(
@@ -457,3 +460,51 @@ def test_the_trace_context_travels_to_the_worker(
     serve(AfterMiddleware(app_with(view), runner=runner))
     [row] = cluster.rows(1)
     assert row[0] == f"traced {trace_ids[0]}"
+
+
+def test_children_forked_after_the_parent_published_each_publish_on_their_own_connection(
+    cluster: Cluster, tasks: types.ModuleType
+) -> None:
+    """gunicorn --preload whose master published once: a plain fork() shares the master's
+    broker socket with every child (py-amqp's is not fork-safe: publishers hung in a
+    socket read, messages lost without a word). Each child gets its own (issue 21, 2)."""
+    runner = CeleryRunner(cluster.web_app(), allow=["celery_tasks"], retry_window=60)
+    children, per_child = 4, 150
+    try:
+        serve(AfterMiddleware(app_with(lambda: after(tasks.record, "parent")), runner=runner))
+        assert runner.wait_idle(20)  # the parent's connection is open, in the app's pool
+        pids = []
+        for n in range(children):
+            pid = os.fork()
+            if pid == 0:  # the child: publish, drain, and leave without pytest's teardown
+                code = 1
+                try:
+                    for i in range(per_child):
+                        view = functools.partial(after, tasks.record, f"child-{n}-{i}")
+                        serve(AfterMiddleware(app_with(view), runner=runner))
+                    drained = runner.shutdown(20)
+                    code = 0 if drained and runner.stats().published == per_child else 2
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        deadline = time.monotonic() + 60
+        codes = {}
+        while pids and time.monotonic() < deadline:
+            for pid in list(pids):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    codes[pid] = os.waitstatus_to_exitcode(status)
+                    pids.remove(pid)
+            time.sleep(0.05)
+        for pid in pids:  # hung: stop it by its PID
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert pids == [], "children hung while publishing"
+        assert set(codes.values()) == {0}
+        rows = cluster.rows(1 + children * per_child, timeout=30)
+        assert len(rows) == 1 + children * per_child
+        # The parent's connection still works after its children used theirs.
+        serve(AfterMiddleware(app_with(lambda: after(tasks.record, "parent-2")), runner=runner))
+        assert len(cluster.rows(2 + children * per_child, timeout=30)) == 2 + children * per_child
+    finally:
+        runner.shutdown(10)

@@ -5,8 +5,10 @@ gunicorn and waitress here; uWSGI and mod_wsgi have their own modules.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import signal
+import threading
 import time
 import uuid
 
@@ -19,9 +21,11 @@ from tests.integration.client import (
     wait_for_count,
     wait_for_runs,
 )
+from tests.integration.poll import poll
 from tests.integration.servers import free_port, gunicorn, running, waitress
 
 HOOKS = str(pathlib.Path(__file__).parent / "gunicorn_hooks.conf.py")
+USER_HOOKS = str(pathlib.Path(__file__).parent / "gunicorn_user_hooks.conf.py")
 #: Callbacks pending at SIGTERM that the drain must run: each writes to SQLite, ~30 ms on
 #: a busy machine, so 200 take a quarter of the 25 s drain (1000 once overran it).
 DRAINED = 200
@@ -91,6 +95,26 @@ def test_worker_exit_hook_bounds_the_drain_by_graceful_timeout(tmp_path: pathlib
     assert "Worker was sent SIGKILL" not in log.read_text()
 
 
+def test_install_composes_the_hooks_with_the_users_own(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    log = tmp_path / "server.log"
+    hooks_log = tmp_path / "user_hooks.log"
+    env = env_for(tmp_path, USER_HOOKS_LOG=str(hooks_log))
+    command = gunicorn(port, "-c", USER_HOOKS, "--graceful-timeout", "4")
+    with running(command, port, env=env, log=log) as process:
+        burst(port, "composed", 1, 1, 30)
+        release(tmp_path / "runs.sqlite")
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+        elapsed = time.monotonic() - started
+    assert hooks_log.read_text().splitlines() == ["user post_fork", "user worker_exit"]
+    # wsgi_after's worker_exit ran too: the drain was bounded by graceful_timeout - 2 s.
+    assert elapsed < 4
+    assert "were still running" in log.read_text()
+    assert "Worker was sent SIGKILL" not in log.read_text()
+
+
 def test_preload_runner_used_in_master_works_at_once_in_workers(tmp_path: pathlib.Path) -> None:
     port = free_port()
     env = env_for(tmp_path, USE_RUNNER_AT_IMPORT="1")
@@ -138,3 +162,30 @@ def test_waitress_without_the_recipe_loses_callbacks(tmp_path: pathlib.Path) -> 
         release(tmp_path / "runs.sqlite")
         assert process.wait(30) == -signal.SIGTERM
     assert count_runs(tmp_path / "runs.sqlite", "bare") < 200
+
+
+def test_waitress_names_the_callbacks_of_a_request_still_running_at_exit(
+    tmp_path: pathlib.Path,
+) -> None:
+    """waitress waits 5 s for its threads: a request still in its view then is cut off,
+    and its queued callback is named, not lost without a word (issue 21, item 9)."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    marker = pathlib.Path(f"{tmp_path / 'runs.sqlite'}.in-flight")
+
+    def request() -> None:
+        with contextlib.suppress(OSError):  # the server exits under it
+            fetch(port, "/in-flight", "in-flight-1", timeout=60)
+
+    client = threading.Thread(target=request, daemon=True)
+    with running(waitress(port), port, env=env_for(tmp_path), log=log) as process:
+        client.start()
+        assert poll(marker.exists, bool, 30), "the view never queued its callback"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    client.join(30)
+    lines = [line for line in log.read_text().splitlines() if "was not run" in line]
+    assert lines == [
+        "Callback 'matrix_app.record' queued by 'GET /in-flight' was not run: its request"
+        " was still running when the process exited (the server stopped waiting for it)."
+    ]

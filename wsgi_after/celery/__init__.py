@@ -37,7 +37,6 @@ from .message import Message as Message
 from .message import RemoteError as RemoteError
 from .policy import ALLOW_KEY as ALLOW_KEY
 from .policy import allowed_modules as allowed_modules
-from .publisher import SNAPSHOTS_KEY as SNAPSHOTS_KEY
 from .publisher import CeleryRunner as CeleryRunner
 from .publisher import CeleryRunnerStats as CeleryRunnerStats
 from .publisher import DeadLetter as DeadLetter
@@ -45,7 +44,6 @@ from .worker import run_chain as run_chain
 
 __all__ = [
     "ALLOW_KEY",
-    "SNAPSHOTS_KEY",
     "TASK_NAME",
     "VERSION",
     "CallbackRef",

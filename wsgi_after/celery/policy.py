@@ -21,6 +21,7 @@ import typing as t
 from types import CoroutineType
 
 import celery
+import celery.exceptions
 
 from .message import TASK_NAME, safe_text
 
@@ -29,7 +30,9 @@ logger = logging.getLogger("wsgi_after")
 #: The Celery configuration key listing the modules whose functions a worker may run.
 ALLOW_KEY = "wsgi_after_allow"
 
-MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+# Dotted names with no dunder part: 'shop.__main__' (a package's command line, run
+# on import) or 'shop.__init__' (the package imported again) would pass an allow list.
+MODULE = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]*(\.(?!__)[A-Za-z_][A-Za-z0-9_]*)*")
 NAME = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]*")  # module level, not a dunder
 
 
@@ -46,14 +49,15 @@ def allowed_modules(allow: object) -> tuple[str, ...]:
         )
     names = []
     for name in allow:
-        if not isinstance(name, str) or not MODULE.fullmatch(name):
-            raise ValueError(f"'allow' must list module names like 'myapp.tasks', got {name!r}.")
-        top = name.partition(".")[0]
-        if name == "__main__" or top in sys.stdlib_module_names:
+        if isinstance(name, str) and (
+            name == "__main__" or name.partition(".")[0] in sys.stdlib_module_names
+        ):
             raise ValueError(
                 f"'allow' must not list {name!r}: a writer to the broker could call its"
                 " functions. List only your own modules."
             )
+        if not isinstance(name, str) or not MODULE.fullmatch(name):
+            raise ValueError(f"'allow' must list module names like 'myapp.tasks', got {name!r}.")
         names.append(name)
     return tuple(sorted(set(names)))
 
@@ -140,7 +144,13 @@ def resolve(app: celery.Celery, reference: str, allow: tuple[str, ...], request:
         else:
             try:
                 found = vars(importlib.import_module(module)).get(name)
-            except Exception:
+            except (
+                KeyboardInterrupt,
+                celery.exceptions.WorkerShutdown,
+                celery.exceptions.WorkerTerminate,
+            ):
+                raise  # the worker itself is stopping
+            except BaseException:  # an argparse SystemExit too: the message's other callbacks run
                 logger.error(
                     "Callback '%s' queued by '%s' cannot be imported on this worker.",
                     safe_text(reference),

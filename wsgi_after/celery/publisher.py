@@ -23,7 +23,9 @@ import time
 import typing as t
 
 import celery
+import celery.exceptions
 import kombu.exceptions
+import kombu.pools
 
 from .. import events, lifecycle
 from .._chain import Chain
@@ -51,8 +53,23 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 logger = logging.getLogger("wsgi_after")
 
-#: The environ key under which a request's arguments wait, encoded, for publishing.
-SNAPSHOTS_KEY = "wsgi_after.celery.snapshots"
+
+class _Checked(t.NamedTuple):
+    """What :meth:`CeleryRunner.check_callback` made of one ``after()`` call."""
+
+    kwargs: dict[str, t.Any]  # the call's own kwargs dict: which queued callback it is
+    reference: str
+    args: list[t.Any]
+    sent_kwargs: dict[str, t.Any]
+
+
+# The encoded copy of the arguments of the after() call being checked. after() copies
+# the context right after the check, so the copy travels in the queued callback's own
+# context snapshot, never in the environ (Django's request.META, which a 500's error
+# report mails to ADMINS).
+_CHECKED: contextvars.ContextVar[_Checked | None] = contextvars.ContextVar(
+    "wsgi_after.celery.checked", default=None
+)
 
 # What a dead or unreachable broker raises when publishing.
 _BROKER_ERRORS = (kombu.exceptions.OperationalError, ConnectionError, OSError)
@@ -202,10 +219,8 @@ class CeleryRunner:
         name = callback_name(func)
         reference = publishable_reference(func, name, self.allow)
         snapshot = encode_arguments(name, args, kwargs, self.serializer)
-        chain = current_chain()
-        if chain is not None and chain.environ is not None:
-            # The chain's environ lives as long as the request: the copy waits there.
-            chain.environ.setdefault(SNAPSHOTS_KEY, []).append((func, reference, *snapshot))
+        if current_chain() is not None:
+            _CHECKED.set(_Checked(kwargs, reference, *snapshot))
 
     def submit(self, fn: t.Callable[[], object], /) -> None:
         """Queue the chain's message for the publisher thread; never blocks."""
@@ -281,7 +296,9 @@ class CeleryRunner:
         self._publisher.exiting()
 
     def reset_after_fork(self) -> None:
-        """In a child after ``fork()``: fresh counters, lock and publisher state."""
+        """In a child after ``fork()``: fresh counters, lock and publisher state, and
+        broker connections of its own (Celery resets its pools only in its own children)."""
+        _forget_inherited_connections(self.celery_app)
         self._reset()
         self._publisher.reset_after_fork()
         if self.callback_stats is not None:
@@ -299,13 +316,11 @@ class CeleryRunner:
     def _payload(self, chain: Chain) -> dict[str, t.Any]:
         method, path = chain.method_and_path()
         error = chain.error
-        snapshots = iter((chain.environ or {}).get(SNAPSHOTS_KEY) or ())
-        snapshot = next(snapshots, None)
         callbacks = []
-        for func, args, kwargs, _ in chain.queued():
-            if snapshot is not None and snapshot[0] is func:
-                _, reference, sent_args, sent_kwargs = snapshot
-                snapshot = next(snapshots, None)
+        for func, args, kwargs, context in chain.queued():
+            checked = context.get(_CHECKED)
+            if checked is not None and checked.kwargs is kwargs:
+                _, reference, sent_args, sent_kwargs = checked
             else:  # not checked by after() (another runner's chain): check it now
                 name = callback_name(func)
                 try:
@@ -428,6 +443,29 @@ class _Publish:
             runner._queued -= 1
             runner._dropped += 1
         runner._lose(self.payload, runner._shutdown_log, kind)
+
+
+# Broker connections a forked child inherited: kept referenced, so that nothing closes
+# them (closing shuts down a socket the parent still uses), and never used again.
+_inherited: list[object] = []
+
+
+def _forget_inherited_connections(celery_app: celery.Celery) -> None:
+    """In a child after a plain ``fork()`` (gunicorn ``--preload``): make the app and
+    kombu's pools open new connections. A socket shared with the parent and the other
+    children interleaves their frames: py-amqp publishers hung in a read, for ever."""
+    # The app's pools are kombu's (its connection pool and producer pool come from
+    # kombu.pools' groups): keep them all, then empty the groups.
+    _inherited.append((dict(kombu.pools.connections), dict(kombu.pools.producers)))
+    kombu.pools.connections.clear()
+    kombu.pools.producers.clear()
+    # What Celery runs in the children of its own pool: the app drops its references.
+    after_fork = getattr(celery_app, "_after_fork", None)
+    if after_fork is not None:
+        try:
+            after_fork()
+        except Exception:  # a fork hook must not fail the child's other resets
+            logger.exception("Could not reset the Celery app's broker pools after fork().")
 
 
 def trace_headers(chain: Chain) -> dict[str, str]:

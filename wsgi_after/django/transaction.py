@@ -45,8 +45,11 @@ def after_commit(
 
     :param func: a callable (a coroutine function works, as with ``after()``).
     :param using: the database alias (``None``: the default database).
-    :raises TypeError: if ``func`` is not callable.
+    :raises TypeError: if ``func`` is not callable, or the runner cannot take it
+        (``after()``'s checks, made here: at commit the row is already committed).
     :raises OutsideRequestError: if no request handled by the middleware is current.
+    :raises RuntimeError: if the request's callbacks, queued and waiting for a
+        commit, already number ``max_callbacks``.
     :raises django.db.transaction.TransactionManagementError: under manual
         transaction management (``set_autocommit(False)``), like ``on_commit``.
     """
@@ -55,17 +58,47 @@ def after_commit(
     chain = current_chain()
     if chain is None:
         raise OutsideRequestError(
-            "'after_commit()' was called outside a request. Put"
-            " 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE."
+            "'after_commit()' was called outside a request. In a view, put"
+            " 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE; outside a request (a"
+            " management command, the shell, a worker), use 'transaction.on_commit(func)'."
         )
-    hook = _OnCommit(func, args, kwargs, using or DEFAULT_DB_ALIAS, chain.method_and_path())
+    # What after() checks, checked now: at commit a refusal would come after the row
+    # was committed, and would skip the transaction's other on_commit hooks.
+    check = getattr(chain.runner, "check_callback", None)
+    if check is not None:  # a runner that sends callbacks elsewhere (CeleryRunner)
+        check(func, args, kwargs)
+    pending: list[int] = [0] if chain.environ is None else chain.environ.setdefault(_PENDING, [0])
+    if len(chain.callbacks) + pending[0] >= chain.max_callbacks:
+        raise RuntimeError(
+            f"'after_commit()' was called more than {chain.max_callbacks} times for"
+            f" '{chain.describe()}' (callbacks queued or waiting for a commit). Queue fewer"
+            " callbacks (one that loops over the items), or raise"
+            " 'AfterMiddleware(max_callbacks=...)'."
+        )
+    hook = _OnCommit(
+        func, args, kwargs, using or DEFAULT_DB_ALIAS, pending, chain.method_and_path()
+    )
     transaction.on_commit(hook, using=using)
+
+
+# The environ key of a request's count of after_commit() callbacks waiting for a commit.
+_PENDING = "wsgi_after.django.after_commit.pending"
 
 
 class _OnCommit:
     """The ``on_commit`` hook: queues the callback in the context of the ``after_commit()`` call."""
 
-    __slots__ = ("__weakref__", "args", "context", "func", "kwargs", "request", "state")
+    __slots__ = (
+        "__weakref__",
+        "alias",
+        "args",
+        "context",
+        "func",
+        "kwargs",
+        "pending",
+        "request",
+        "state",
+    )
 
     def __init__(
         self,
@@ -73,21 +106,28 @@ class _OnCommit:
         args: tuple[t.Any, ...],
         kwargs: dict[str, t.Any],
         alias: str,
+        pending: list[int],
         request: tuple[str, str],
     ) -> None:
         self.func = func
         self.request = request  # method and path, for the log lines of a late run
         self.args = args
         self.kwargs = kwargs
+        self.alias = alias
         self.context = contextvars.copy_context()
         self.state = [False]  # committed; shared with the finalizer
+        pending[0] += 1
+        self.pending = pending
         # Django drops the hooks of a rolled-back transaction or savepoint: when it
         # frees this one uncalled, say so (reference counting does it at once).
-        finalizer = weakref.finalize(self, _rolled_back, self.state, callback_name(func), alias)
+        finalizer = weakref.finalize(
+            self, _rolled_back, self.state, pending, callback_name(func), alias
+        )
         finalizer.atexit = False
 
     def __call__(self) -> None:
         self.state[0] = True
+        self.pending[0] -= 1
         try:
             self.context.run(after, self.func, *self.args, **self.kwargs)
         except OutsideRequestError:
@@ -97,14 +137,25 @@ class _OnCommit:
             method, path = self.request
             late = Received({"REQUEST_METHOD": method, "PATH_INFO": path}, scope=callback_scope())
             late.callbacks.append(Callback(self.func, self.args, self.kwargs, self.context.copy()))
+            # In a test's transaction (captureOnCommitCallbacks(execute=True) in a
+            # TestCase) the settings' runner runs it here and now, on the test's
+            # connection, unless capture_after_callbacks() records it.
             SettingsRunner().submit(late)
             errors = take_errors()  # it ran inline (tests): fail like a chain would
             if errors:
                 raise errors[0] from None
+        except (TypeError, RuntimeError) as e:  # checked at the call already: a race
+            # Never raised into Django: it would skip the transaction's other hooks.
+            logger.error(
+                "Callback '%s' queued with 'after_commit()' was not run: %s",
+                callback_name(self.func),
+                e,
+            )
 
 
-def _rolled_back(state: list[bool], name: str, alias: str) -> None:
+def _rolled_back(state: list[bool], pending: list[int], name: str, alias: str) -> None:
     if not state[0]:
+        pending[0] -= 1
         logger.debug(
             "Callback '%s' queued with 'after_commit()' was not run: the transaction on"
             " database '%s' rolled back.",

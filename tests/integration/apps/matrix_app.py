@@ -117,6 +117,17 @@ def file() -> Response:
     return send_file(BIG_FILE, mimetype="application/octet-stream")
 
 
+@app.get("/in-flight")
+def in_flight() -> str:
+    """Queue a callback, mark that it is queued (``<MATRIX_DB>.in-flight``), then keep
+    running until released (at most 60 s): a request still open when the server exits."""
+    queue("in-flight")
+    with open(DB + ".in-flight", "w"):
+        pass
+    hold()
+    return "late"
+
+
 @app.get("/etag")
 def etag() -> Response:
     queue("etag")
