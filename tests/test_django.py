@@ -29,7 +29,7 @@ import tests.django_project.configured  # noqa: F401  (before the models)
 from tests.django_project import views
 from tests.django_project.shop.models import Note
 from tests.helpers import call, make_environ, serve, wait_for
-from wsgi_after import AfterMiddleware, InlineRunner, Outcome, OutsideRequestError
+from wsgi_after import AfterMiddleware, InlineRunner, Outcome, OutsideRequestError, after
 from wsgi_after.celery import CeleryRunner
 from wsgi_after.django import (
     CapturedCallback,
@@ -359,6 +359,12 @@ class InlineTestCaseTests(TestCase):
         assert len(hooks) == 1
         assert items(views.recorded) == [("i", True)]
 
+    def test_an_async_callback_committed_after_the_response_is_awaited(self) -> None:
+        with self.captureOnCommitCallbacks(execute=True):
+            self.client.get("/commit-async/k")
+            assert views.recorded == []
+        assert items(views.recorded) == ["k"]
+
     def test_a_failing_callback_fails_the_request(self) -> None:
         with pytest.raises(RuntimeError, match=r"^the callback failed$"):
             self.client.get("/fail")
@@ -502,17 +508,19 @@ def test_check_catches_a_missing_middleware(settings: SettingsWrapper) -> None:
         ),
         pytest.param(
             {"ON_FULL": "wait"},
-            "WSGI_AFTER['ON_FULL'] must be 'block', 'run' or 'drop', got 'wait'.",
+            "WSGI_AFTER['ON_FULL'] must be one of 'block', 'run' or 'drop', got 'wait'.",
             id="on-full",
         ),
         pytest.param(
             {"DRAIN_TIMEOUT": -1},
-            "WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0, got -1.",
+            "WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0 (inf: no limit),"
+            " got -1.",
             id="drain-timeout",
         ),
         pytest.param(  # nan < 0 is False: it passed, then every request's runner refused it
             {"DRAIN_TIMEOUT": float("nan")},
-            "WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0, got nan.",
+            "WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0 (inf: no limit),"
+            " got nan.",
             id="drain-timeout-nan",
         ),
         pytest.param(
@@ -563,3 +571,13 @@ def test_defaults_are_the_cores(settings: SettingsWrapper) -> None:
 
 def test_log_capture_level(log: pytest.LogCaptureFixture) -> None:
     assert logging.getLogger("wsgi_after").isEnabledFor(logging.DEBUG)
+
+
+def test_after_outside_a_request_names_the_django_fix_and_what_to_do_in_a_command() -> None:
+    # A management command, the shell or a worker: no request (issue 25, item 5).
+    with pytest.raises(OutsideRequestError) as info:
+        after(print)
+    assert "Django: 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE" in str(info.value)
+    assert "(a management command, the shell, a worker), call the function itself" in str(
+        info.value
+    )
