@@ -45,7 +45,7 @@ _STDLIB = (
     r"|BaseException|Exception|RuntimeError|TypeError|ValueError|TimeoutError|NoneType)"
     r"|(typing|typing_extensions|collections|collections\.abc|concurrent\.futures|contextvars"
     r"|contextlib|threading|types|logging|asyncio|queue|signal|t|_typeshed\.wsgi|_typeshed"
-    r"|pathlib|enum|weakref|inspect|sys|os|socket)(\..+)?"
+    r"|pathlib|enum|weakref|inspect|sys|os|socket|multiprocessing)(\..+)?"
     r"|Callable|Iterable|Iterator|Mapping|Sequence|Awaitable|Coroutine|Generator|Any|ParamSpec"
     r"|TypeVar|Context|ContextVar|Future|Executor|Thread|Logger|TracebackType|FrameType"
     r"|WSGIApplication|WSGIEnvironment|StartResponse|OptExcInfo"
@@ -63,11 +63,13 @@ _THIRD_PARTY = (
 # (``TypeAliasForwardRef``: how Sphinx 9 names an alias of autodoc_type_aliases inside a generic.)
 _PRIVATE = (
     r"TypeAliasForwardRef|wsgi_after(\.[a-z_]+)*\._[A-Za-z_]+(\..+)?"
-    r"|Callback|P|R|T|RunnerT|wsgi_after\.middleware\.RunnerT"
+    r"|Callback|Entry|Scope|P|R|T|RunnerT|wsgi_after\.middleware\.RunnerT"
 )
 # A type alias is documented as data, and Sphinx before 9 resolves a class reference to
 # classes only (a parameter typed ``DeadLetter``): Sphinx 9 links it, older ones show text.
-_ALIASES = r"DeadLetter|wsgi_after\.celery\.DeadLetter"
+# ``OnFull`` is ``Literal["block", "run", "drop"]`` (wsgi_after.runner), spelled out in the
+# docstrings of the options that take it.
+_ALIASES = r"DeadLetter|wsgi_after\.celery\.DeadLetter|OnFull|wsgi_after\.runner\.OnFull"
 nitpick_ignore_regex = [
     ("py:class", _ALIASES),
     (r"py:(class|obj|exc|data|func|meth|attr|mod)", _STDLIB),

@@ -215,6 +215,12 @@ NOT_IN_REFERENCE = {
 DJANGO_SUBMODULES = "the pieces of wsgi_after.django, whose exports the reference documents"
 NOT_IN_REFERENCE.update(
     {
+        f"wsgi_after.celery.{name}": "the pieces of wsgi_after.celery, whose exports it documents"
+        for name in ("message", "policy", "publisher", "worker")
+    }
+)
+NOT_IN_REFERENCE.update(
+    {
         f"wsgi_after.django.{name}": DJANGO_SUBMODULES
         for name in (
             "tasks.backend",

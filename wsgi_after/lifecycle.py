@@ -144,7 +144,7 @@ def deadline_after(timeout: float | None) -> float | None:
 
 
 def shutdown(timeout: float | None = None) -> bool:
-    """Drain every registered runner against one deadline (:func:`drain`).
+    """Drain every registered runner against one deadline (:func:`~wsgi_after.lifecycle.drain`).
 
     Called at interpreter exit with no ``timeout``; server hooks pass what the
     server allows. Public as :func:`wsgi_after.shutdown_runners`.
