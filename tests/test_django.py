@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections.abc
 import logging
 import re
+import threading
 import typing as t
 import wsgiref.util
 
@@ -20,7 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
-from django.db import connection
+from django.db import connection, transaction
 from django.http import FileResponse
 from django.test import Client, TestCase, override_settings
 
@@ -168,8 +169,9 @@ def test_after_outside_a_request_names_the_fix() -> None:
     with pytest.raises(OutsideRequestError) as raised:
         after_commit(print)
     assert str(raised.value) == (
-        "'after_commit()' was called outside a request. Put"
-        " 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE."
+        "'after_commit()' was called outside a request. In a view, put"
+        " 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE; outside a request (a"
+        " management command, the shell, a worker), use 'transaction.on_commit(func)'."
     )
     with pytest.raises(TypeError, match=r"^'after_commit\(\)' needs a callable, got 'int'\.$"):
         after_commit(1)  # type: ignore[arg-type]
@@ -367,6 +369,57 @@ class InlineTestCaseTests(TestCase):
         assert callbacks == [CapturedCallback(views.remember, ("j",), {"wait": False})]
 
 
+class ProjectSettingsTestCaseTests(TestCase):
+    """``TestCase`` with the project's own settings (no INLINE), as a newcomer's ``tests.py``.
+
+    On the thread pool the callbacks would commit through connections of their own,
+    outside the test's transaction (the rows would outlive its rollback and show up in
+    the next test), and could not see its rows: in a test's transaction they run inline.
+    """
+
+    def test_after_callbacks_run_inside_the_tests_transaction(self) -> None:
+        self.client.get("/note/in-test-case")
+        here = threading.current_thread().name
+        assert list(Note.objects.values_list("text", "thread")) == [("in-test-case", here)]
+
+    def test_after_commit_under_capture_on_commit_callbacks_runs_inline(self) -> None:
+        with self.captureOnCommitCallbacks(execute=True) as hooks:
+            self.client.get("/commit/k")
+        assert len(hooks) == 1
+        assert items(views.recorded) == [("k", True)]
+
+    def test_a_failing_callback_fails_the_request(self) -> None:
+        with pytest.raises(RuntimeError, match=r"^the callback failed$"):
+            self.client.get("/fail")
+
+
+# -- the pytest plugin's after_inline with pytest-django ---------------------------------
+
+
+@pytest.mark.django_db
+def test_after_inline_runs_after_commit_under_capture_on_commit_callbacks(
+    client: Client,
+    after_inline: None,
+    django_capture_on_commit_callbacks: t.Any,
+    recorded: list[t.Any],
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True) as hooks:
+        client.get("/commit/m")
+        assert recorded == []  # the test's transaction never commits
+    assert len(hooks) == 1
+    assert items(recorded) == [("m", True)]  # at once, in this thread: nothing on the pool
+
+
+@pytest.mark.django_db(transaction=True)
+def test_after_inline_runs_a_commit_after_the_response_inline(
+    client: Client, after_inline: None, recorded: list[t.Any]
+) -> None:
+    with transaction.atomic():  # the view's transaction commits after its response closed
+        client.get("/commit/n")
+        assert recorded == []
+    assert items(recorded) == [("n", True)]  # at once: nothing on the pool
+
+
 class ThreadPoolTestCaseTests(TestCase):
     """``TestCase`` with the default settings (the thread pool)."""
 
@@ -397,13 +450,15 @@ def test_checks_pass_for_the_project() -> None:
 
 def test_check_catches_a_misplaced_middleware(settings: SettingsWrapper) -> None:
     settings.MIDDLEWARE = [
+        "django.middleware.security.SecurityMiddleware",
         "django.middleware.common.CommonMiddleware",
         "wsgi_after.django.AfterMiddleware",
     ]
     assert wsgi_after_messages() == [
         (
             "wsgi_after.E003",
-            "'wsgi_after.django.AfterMiddleware' is at position 1 of MIDDLEWARE, after"
+            "'wsgi_after.django.AfterMiddleware' is entry 3 of MIDDLEWARE, below"
+            " 'django.middleware.security.SecurityMiddleware' and"
             " 'django.middleware.common.CommonMiddleware': middleware above it runs outside"
             " the request's callbacks, and one that replaces the response would keep them"
             " from ever running.",

@@ -10,8 +10,11 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 
-from wsgi_after import ThreadRunner, shutdown_runners
+import pytest
+
+from wsgi_after import ThreadRunner, lifecycle, shutdown_runners
 
 
 def run_program(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -23,6 +26,14 @@ def run_program(code: str, *args: str, timeout: float = 60) -> subprocess.Comple
     )
 
 
+@pytest.fixture
+def only_this_tests_runners(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process-wide shutdown sees only the runners this test makes: the ones made
+    before it (the Django app's, which serves later tests) are not its to stop."""
+    monkeypatch.setattr(lifecycle, "_registry", weakref.WeakSet())
+
+
+@pytest.mark.usefixtures("only_this_tests_runners")
 def test_one_deadline_for_every_runner() -> None:
     release = threading.Event()
     runners = [ThreadRunner(max_workers=1, drain_timeout=2.0) for _ in range(4)]
@@ -35,6 +46,7 @@ def test_one_deadline_for_every_runner() -> None:
     assert 2.0 <= elapsed < 6.0  # one shared 2 s deadline, not 8 s of four in a row
 
 
+@pytest.mark.usefixtures("only_this_tests_runners")
 def test_shutdown_runners_takes_the_servers_budget_over_drain_timeouts() -> None:
     release = threading.Event()
     runner = ThreadRunner(max_workers=1, drain_timeout=30.0)

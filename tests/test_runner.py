@@ -975,3 +975,24 @@ def test_start_gives_up_when_no_thread_can_start(
         "'none' could not start a worker thread (can't start new thread); its tasks run in the"
         " submitting threads until one starts."
     ]
+
+
+def test_a_worker_still_running_when_the_drain_ends_stops_after_its_callback() -> None:
+    # The drain takes what is left in the queue; the stop signal of a worker still
+    # running is put back, so that worker ends after its callback rather than wait on.
+    release = threading.Event()
+    running = threading.Event()
+
+    def blocker() -> None:
+        running.set()
+        assert release.wait(TIMEOUT)
+
+    runner = ThreadRunner(max_workers=1, name="cut-off")
+    runner.submit(blocker)
+    assert running.wait(TIMEOUT)
+    runner.submit(lambda: None)  # queued: lost by the drain
+    assert runner.shutdown(0.05) is False
+    [worker] = [thread for thread in threading.enumerate() if thread.name == "cut-off-0"]
+    release.set()
+    worker.join(TIMEOUT)
+    assert not worker.is_alive()

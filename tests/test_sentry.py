@@ -1,15 +1,20 @@
 """The Sentry recipe: sentry-sdk's logging integration reports a failed callback,
-and the recipe's listener tags that event with the callback and its request."""
+and the recipe's listener tags that event with the callback and its request.
+
+On sentry-sdk 2.x and 3.x (``nox -s sentry``): 3.0 enables the logging integration
+only when named, with ``event_level``, so the recipe names it."""
 
 from __future__ import annotations
 
 import collections.abc
 import contextvars
+import logging
 import typing as t
 
 import pytest
 import sentry_sdk
 from sentry_sdk.envelope import Envelope
+from sentry_sdk.integrations.logging import LoggingIntegration
 from sentry_sdk.transport import Transport
 
 from tests.helpers import serve
@@ -76,7 +81,8 @@ def sentry(
         dsn="https://public@sentry.invalid/1",
         transport=transport,
         before_send=tag_callback_failure if recipe else None,
-        default_integrations=True,  # the logging integration is what turns our ERROR into events
+        # the logging integration is what turns our ERROR into events (named: sentry-sdk 3)
+        integrations=[LoggingIntegration(event_level=logging.ERROR)],
         auto_enabling_integrations=False,  # not those of the other frameworks the tests install
     )
     if recipe:

@@ -7,7 +7,8 @@ in every test session:
   Flask app with :class:`~wsgi_after.flask.After`) runs its callbacks inline,
   in ``close()``, for the test; the first callback exception is raised again
   when the test ends, so a failing callback fails the test instead of only
-  being logged.
+  being logged. Under Django, an ``after_commit()`` callback whose transaction
+  commits after its response closed runs inline too.
 * ``after_wait``: a function ``wait(timeout=5.0)`` that waits until every
   :class:`~wsgi_after.ThreadRunner` of the process is idle, and raises
   :class:`TimeoutError` when the deadline passes first.
@@ -23,7 +24,9 @@ in every test session:
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import logging
+import sys
 import threading
 import time
 import typing as t
@@ -81,11 +84,19 @@ def after_inline(request: pytest.FixtureRequest) -> collections.abc.Iterator[Non
     logger = logging.getLogger("wsgi_after")
     logger.addHandler(collector)
     try:
-        with override_runner(collector):
+        with override_runner(collector), _django_inline():
             yield
     finally:
         logger.removeHandler(collector)
     _raise_first(collector)  # a callback that failed while fixtures were torn down
+
+
+def _django_inline() -> t.ContextManager[object]:
+    """Under Django, what no chain carries (a late ``after_commit()``) runs inline too."""
+    django = sys.modules.get("wsgi_after.django")
+    if django is None:
+        return contextlib.nullcontext()
+    return t.cast(t.ContextManager[object], django.capture_after_callbacks(execute=True))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -767,6 +767,7 @@ class ThreadRunner:
             f" (it drained for {time.monotonic() - self._shutdown_at:.1f} s)."
         )
         lost = []
+        stops = 0
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -774,6 +775,10 @@ class ThreadRunner:
                 break
             if item is not None:
                 lost.append(item[0])
+            else:
+                stops += 1
+        for _ in range(stops):  # a worker still running (or draining) ends after its task
+            self._queue.put(None)
         for fn in lost:
             record_loss(self._lost, "lost", fn, self)
         with self._lock:

@@ -18,8 +18,9 @@ which is only inside a uWSGI process; nothing is needed in the app or the ini fi
   uWSGI skips both ``uwsgi.atexit`` and Python's ``atexit`` for a worker that is
   still *in a request* when it is told to die at once (SIGINT, SIGTERM with
   ``--die-on-term``, a brutal reload), and a worker has no SIGQUIT handler at all:
-  then its queued callbacks are lost and nothing can log it. :func:`install` says
-  so once at start-up unless SIGTERM is graceful
+  then its queued callbacks are lost and nothing can log it. On uWSGI 2.0 a plain
+  SIGTERM is such a brutal reload (the master stays up). :func:`install` says so
+  once at start-up unless SIGTERM is graceful
   (``hook-master-start = unix_signal:15 gracefully_kill_them_all``).
 * **Threads**: without Python threads (uWSGI before 2.0.27 without
   ``--enable-threads``) the runner's threads only move while a request runs, so
@@ -114,10 +115,11 @@ def _check_threads() -> None:
 def _check_stop_signals() -> None:
     if not any(GRACEFUL_SIGTERM in hook for hook in _option("hook-master-start")):
         logger.warning(
-            "uWSGI ends a worker that is in a request at once, skipping every exit hook,"
-            " on SIGINT, on SIGTERM with '--die-on-term' and on a brutal reload: after()"
-            " callbacks still queued in it would be lost without a log line. Make SIGTERM"
-            " graceful with 'hook-master-start = %s' and stop uWSGI with SIGTERM.",
+            "SIGTERM on uWSGI 2.0 is a brutal reload, not a stop: the master stays up and"
+            " kills its workers at once, and after() callbacks queued just before it are lost"
+            " without a log line (so are those of a worker in a request on SIGINT, and on"
+            " SIGTERM with '--die-on-term'). Add 'hook-master-start = %s' to the uWSGI config"
+            " and stop uWSGI with SIGTERM.",
             GRACEFUL_SIGTERM,
         )
 

@@ -5,6 +5,9 @@
 - ``WSGI_AFTER_CONN_MAX_AGE`` and ``WSGI_AFTER_CONN_HEALTH_CHECKS``: as in Django.
 - ``WSGI_AFTER_RUNNER=tasks``: ``after()`` callbacks go to the ``durable`` django.tasks
   backend (django-tasks-db), whose ``db_worker`` runs them.
+- ``WSGI_AFTER_MIDDLEWARE``: ``missing`` leaves the middleware out, ``last`` puts it
+  last (what the start-up line catches).
+- ``WSGI_AFTER_DEFAULT_LOGGING=1``: no ``LOGGING`` setting, as ``startproject`` writes.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ MIDDLEWARE = [
     "wsgi_after.django.AfterMiddleware",
     "django.middleware.common.CommonMiddleware",
 ]
+if os.environ.get("WSGI_AFTER_MIDDLEWARE") == "missing":
+    MIDDLEWARE = MIDDLEWARE[1:]
+elif os.environ.get("WSGI_AFTER_MIDDLEWARE") == "last":
+    MIDDLEWARE = MIDDLEWARE[1:] + MIDDLEWARE[:1]
 
 
 def _database(name: str, test_name: str) -> dict[str, object]:
@@ -81,9 +88,10 @@ WSGI_AFTER: dict[str, object] = {
 if os.environ.get("WSGI_AFTER_RUNNER") == "tasks":
     WSGI_AFTER.update(RUNNER="tasks", TASKS_BACKEND="durable")
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"wsgi_after": {"handlers": ["console"], "level": "WARNING"}},
-}
+if os.environ.get("WSGI_AFTER_DEFAULT_LOGGING") != "1":
+    LOGGING = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"console": {"class": "logging.StreamHandler"}},
+        "loggers": {"wsgi_after": {"handlers": ["console"], "level": "WARNING"}},
+    }

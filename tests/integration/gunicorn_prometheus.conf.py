@@ -1,2 +1,4 @@
 # A gunicorn.conf.py for wsgi_after.prometheus in multiprocess mode, as the README shows.
-from wsgi_after.gunicorn import child_exit, post_fork, worker_exit  # noqa: F401
+from wsgi_after.gunicorn import install
+
+install(globals())  # child_exit too

@@ -165,3 +165,62 @@ def test_callbacks_succeed_after_the_database_dropped_every_connection(
             get(port, f"/note/after{i}")
         assert poll(lambda: scalar(database, NOTES), 40) == 40
     assert "raised" not in log.read_text()
+
+
+# -- what a server says at start-up and when a callback fails -----------------------------
+
+#: The project as ``startproject`` writes it: no ``LOGGING``, ``DEBUG = False``.
+DEFAULT_LOGGING = {"WSGI_AFTER_DEFAULT_LOGGING": "1"}
+
+
+def lines_with(log: pathlib.Path, text: str) -> list[str]:
+    return [line for line in log.read_text().splitlines() if text in line]
+
+
+@pytest.mark.parametrize(
+    ("placement", "message"),
+    [
+        pytest.param(
+            "missing",
+            "'wsgi_after.django.AfterMiddleware' is not in MIDDLEWARE, so 'after()' raises"
+            " 'OutsideRequestError' in views. Put 'wsgi_after.django.AfterMiddleware' first:"
+            " MIDDLEWARE = ['wsgi_after.django.AfterMiddleware', ...]. (System check"
+            " wsgi_after.E002; run 'manage.py check --deploy' in CI to catch it before"
+            " deploying.)",
+            id="missing",
+        ),
+        pytest.param(
+            "last",
+            "'wsgi_after.django.AfterMiddleware' is entry 2 of MIDDLEWARE, below"
+            " 'django.middleware.common.CommonMiddleware': middleware above it runs outside"
+            " the request's callbacks, and one that replaces the response would keep them from"
+            " ever running. Put 'wsgi_after.django.AfterMiddleware' first: MIDDLEWARE ="
+            " ['wsgi_after.django.AfterMiddleware', ...]. (System check wsgi_after.E003; run"
+            " 'manage.py check --deploy' in CI to catch it before deploying.)",
+            id="last",
+        ),
+    ],
+)
+def test_a_missing_or_misplaced_middleware_is_one_error_line_per_worker_at_start_up(
+    database: str, tmp_path: pathlib.Path, placement: str, message: str
+) -> None:
+    log = tmp_path / "gunicorn.log"
+    env = {**DEFAULT_LOGGING, "WSGI_AFTER_MIDDLEWARE": placement}
+    with gunicorn(database, log, env=env):  # two workers, each loads the app
+        assert poll(lambda: len(lines_with(log, message)), 2) == 2, log.read_text()
+    assert lines_with(log, "wsgi_after.E00") == [message, message]
+
+
+def test_a_failing_callback_is_logged_with_its_traceback_under_djangos_default_logging(
+    database: str, tmp_path: pathlib.Path
+) -> None:
+    log = tmp_path / "gunicorn.log"
+    failed = "Callback 'tests.django_project.views.explode' queued by 'GET /fail' raised"
+    with gunicorn(database, log, env=DEFAULT_LOGGING) as port:
+        reply = fetch(port, "/fail", "fail")
+        assert (reply.status, reply.body) == (200, b"ok"), reply
+        assert poll(lambda: len(lines_with(log, "RuntimeError: the callback failed")), 1) == 1
+    text = log.read_text()
+    assert f"{failed} RuntimeError." in text
+    assert "Traceback (most recent call last)" in text
+    assert "wsgi_after.E00" not in text  # the project's middleware is first: no start-up line

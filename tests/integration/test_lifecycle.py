@@ -25,6 +25,7 @@ from tests.integration.poll import poll
 from tests.integration.servers import free_port, gunicorn, running, waitress
 
 HOOKS = str(pathlib.Path(__file__).parent / "gunicorn_hooks.conf.py")
+USER_HOOKS = str(pathlib.Path(__file__).parent / "gunicorn_user_hooks.conf.py")
 #: Callbacks pending at SIGTERM that the drain must run: each writes to SQLite, ~30 ms on
 #: a busy machine, so 200 take a quarter of the 25 s drain (1000 once overran it).
 DRAINED = 200
@@ -90,6 +91,26 @@ def test_worker_exit_hook_bounds_the_drain_by_graceful_timeout(tmp_path: pathlib
         process.wait(30)
         elapsed = time.monotonic() - started
     assert elapsed < 4  # drained for graceful_timeout - 2 s, not the 25 s drain_timeout
+    assert "were still running" in log.read_text()
+    assert "Worker was sent SIGKILL" not in log.read_text()
+
+
+def test_install_composes_the_hooks_with_the_users_own(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    log = tmp_path / "server.log"
+    hooks_log = tmp_path / "user_hooks.log"
+    env = env_for(tmp_path, USER_HOOKS_LOG=str(hooks_log))
+    command = gunicorn(port, "-c", USER_HOOKS, "--graceful-timeout", "4")
+    with running(command, port, env=env, log=log) as process:
+        burst(port, "composed", 1, 1, 30)
+        release(tmp_path / "runs.sqlite")
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+        elapsed = time.monotonic() - started
+    assert hooks_log.read_text().splitlines() == ["user post_fork", "user worker_exit"]
+    # wsgi_after's worker_exit ran too: the drain was bounded by graceful_timeout - 2 s.
+    assert elapsed < 4
     assert "were still running" in log.read_text()
     assert "Worker was sent SIGKILL" not in log.read_text()
 

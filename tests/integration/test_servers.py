@@ -84,8 +84,8 @@ class Server(t.NamedTuple):
 
 @pytest.fixture(
     scope="module",
-    params=[  # building mod_wsgi (~20 s alone) may take minutes on a busy machine
-        pytest.param(name, marks=[pytest.mark.timeout(300)] if name == "mod_wsgi" else [])
+    params=[  # mod_wsgi is built before the first test (conftest.py): mark the ones that need it
+        pytest.param(name, marks=[pytest.mark.apache] if name == "mod_wsgi" else [])
         for name in SERVERS
     ],
 )

@@ -285,6 +285,6 @@ def test_start_up_says_once_when_a_brutal_stop_can_lose_callbacks(
     with servers.running(command, port, env=env_for(tmp_path), log=log, stop_signal=signal.SIGINT):
         assert fetch(port, "/normal", f"start-{uuid.uuid4().hex[:6]}").status == 200
     lines = [line for line in log.read_text().splitlines() if "gracefully_kill_them_all" in line]
-    hook_lines = [line for line in lines if "callbacks still queued in it would be lost" in line]
+    hook_lines = [line for line in lines if "callbacks queued just before it are lost" in line]
     assert len(hook_lines) == (1 if warned else 0), log.read_text()[-3000:]
     assert "uWSGI runs without Python threads" not in log.read_text()

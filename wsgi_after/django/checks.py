@@ -12,14 +12,7 @@ from django.conf import settings
 from django.core import checks
 
 from .conf import problems
-
-MIDDLEWARE_PATHS = (
-    "wsgi_after.django.AfterMiddleware",
-    "wsgi_after.django.middleware.AfterMiddleware",
-)
-FIRST_HINT = "Put 'wsgi_after.django.AfterMiddleware' first: MIDDLEWARE = [" + (
-    "'wsgi_after.django.AfterMiddleware', ...]."
-)
+from .placement import FIRST_HINT, middleware_problem
 
 
 @checks.register()
@@ -56,26 +49,8 @@ def check_tasks_backend(app_configs: t.Any = None, **kwargs: t.Any) -> list[chec
 @checks.register()
 def check_middleware(app_configs: t.Any = None, **kwargs: t.Any) -> list[checks.CheckMessage]:
     """``wsgi_after.E002``: the middleware is missing; ``wsgi_after.E003``: it is not first."""
-    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
-    positions = [i for i, path in enumerate(middleware) if path in MIDDLEWARE_PATHS]
-    if not positions:
-        return [
-            checks.Error(
-                "'wsgi_after.django.AfterMiddleware' is not in MIDDLEWARE, so 'after()'"
-                " raises 'OutsideRequestError' in views.",
-                hint=FIRST_HINT,
-                id="wsgi_after.E002",
-            )
-        ]
-    if positions[0] != 0:
-        return [
-            checks.Error(
-                f"'wsgi_after.django.AfterMiddleware' is at position {positions[0]} of"
-                f" MIDDLEWARE, after {middleware[0]!r}: middleware above it runs outside"
-                " the request's callbacks, and one that replaces the response would keep"
-                " them from ever running.",
-                hint=FIRST_HINT,
-                id="wsgi_after.E003",
-            )
-        ]
-    return []
+    problem = middleware_problem(getattr(settings, "MIDDLEWARE", None) or [])
+    if problem is None:
+        return []
+    check_id, message = problem
+    return [checks.Error(message, hint=FIRST_HINT, id=check_id)]

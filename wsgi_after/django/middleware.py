@@ -36,6 +36,7 @@ from ..middleware import AfterMiddleware as WSGIAfterMiddleware
 from .database import callback_scope
 from .inline import take_errors
 from .runner import SettingsRunner
+from .startup import report_placement
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -64,6 +65,7 @@ class AfterMiddleware:
     def __init__(self, get_response: t.Callable[[HttpRequest], HttpResponseBase]) -> None:
         self.get_response = get_response
         self.wsgi = WSGIAfterMiddleware(self._respond, runner=SettingsRunner())
+        report_placement()  # misplaced: said as Django loads MIDDLEWARE (servers run no checks)
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         environ = request.META  # a WSGIRequest's META is its environ

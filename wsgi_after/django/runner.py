@@ -4,8 +4,9 @@
 request that queued callbacks it looks at the settings as they are *now*, so
 ``override_settings(WSGI_AFTER={"INLINE": True})`` in a test takes effect at
 once: an active :func:`~wsgi_after.django.capture_after_callbacks` takes the
-chain; ``INLINE`` runs it in the thread that closes the response; with
-``RUNNER = "tasks"`` a :class:`~wsgi_after.django.tasks.TasksRunner` hands it to
+chain; ``INLINE`` runs it in the thread that closes the response, and so does a
+test's transaction (a ``TestCase``: see :func:`~wsgi_after.django.inline.in_test_transaction`);
+with ``RUNNER = "tasks"`` a :class:`~wsgi_after.django.tasks.TasksRunner` hands it to
 a ``django.tasks`` backend; otherwise the process's
 :class:`~wsgi_after.ThreadRunner` for these options gets it.
 """
@@ -18,7 +19,7 @@ import typing as t
 
 from ..runner import InlineRunner, ThreadRunner
 from .conf import Options, options
-from .inline import run_inline
+from .inline import in_test_transaction, run_inline
 from .testing import active_capture
 
 if t.TYPE_CHECKING:
@@ -90,7 +91,7 @@ class SettingsRunner:
         capture = active_capture()
         if capture is not None:
             capture.take(task)
-        elif options().inline:
+        elif options().inline or in_test_transaction():
             run_inline(task)
         elif options().runner == "tasks":
             tasks_runner(options()).submit(task)

@@ -32,7 +32,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 from .. import OutsideRequestError, after, current_chain
 from ..naming import callback_name
 from .database import callback_scope
-from .inline import run_inline, take_errors
+from .inline import take_errors
 from .runner import SettingsRunner
 
 logger = logging.getLogger("wsgi_after")
@@ -58,8 +58,9 @@ def after_commit(
     chain = current_chain()
     if chain is None:
         raise OutsideRequestError(
-            "'after_commit()' was called outside a request. Put"
-            " 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE."
+            "'after_commit()' was called outside a request. In a view, put"
+            " 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE; outside a request (a"
+            " management command, the shell, a worker), use 'transaction.on_commit(func)'."
         )
     # What after() checks, checked now: at commit a refusal would come after the row
     # was committed, and would skip the transaction's other on_commit hooks.
@@ -120,13 +121,10 @@ class _OnCommit:
             # captureOnCommitCallbacks(execute=True), or a transaction that outlived
             # the view. Run it like a chain of its own.
             late = _LateCallback(self.func, self.args, self.kwargs, self.context)
-            if transaction.get_connection(self.alias).in_atomic_block:
-                # A hook run inside an atomic block: captureOnCommitCallbacks(execute=True)
-                # in a TestCase (a real commit runs hooks outside any). Run it here and
-                # now, on the test's connection, as Django runs its on_commit hooks.
-                run_inline(late)
-            else:
-                SettingsRunner().submit(late)
+            # In a test's transaction (captureOnCommitCallbacks(execute=True) in a
+            # TestCase) the settings' runner runs it here and now, on the test's
+            # connection, unless capture_after_callbacks() records it.
+            SettingsRunner().submit(late)
             errors = take_errors()  # it ran inline (tests): fail like a chain would
             if errors:
                 raise errors[0] from None
