@@ -28,7 +28,7 @@ import sys
 import tempfile
 
 import wsgi_after
-from tests.integration.servers import APPS
+from tests.integration.servers import APPS, SHORT_TMP
 
 #: The Python the daemon runs: readable by the daemon user, with its headers.
 SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3")
@@ -117,7 +117,7 @@ def build(parent: pathlib.Path | None = None, source: str | None = None) -> Expr
         packages when it may.
     """
     source = source or apache()
-    root = pathlib.Path(tempfile.mkdtemp(prefix="wsgi-after-mod-wsgi-", dir=parent))
+    root = pathlib.Path(tempfile.mkdtemp(prefix="wsgi-after-mod-wsgi-", dir=parent or SHORT_TMP))
     root.chmod(0o755)
     express = Express(root)
     subprocess.run([system_python(), "-m", "venv", str(express.venv)], check=True, timeout=120)

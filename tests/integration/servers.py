@@ -125,6 +125,12 @@ def running(
             out.close()
 
 
+#: Where servers' folders go: ``/tmp``, not ``$TMPDIR``, which nox sets deep inside the
+#: session's folder. Apache keeps its daemons' Unix sockets in its server root, and a
+#: socket's path has at most 107 bytes: past that every request was a 503.
+SHORT_TMP = "/tmp" if os.path.isdir("/tmp") else None
+
+
 @contextlib.contextmanager
 def shared_dir(name: str) -> collections.abc.Iterator[pathlib.Path]:
     """A temporary directory that a server's own user (Apache's ``www-data``) may use too.
@@ -132,7 +138,7 @@ def shared_dir(name: str) -> collections.abc.Iterator[pathlib.Path]:
     pytest's ``tmp_path`` is private to the test's user; servers that drop privileges
     write their SQLite files here instead. Removed afterwards.
     """
-    path = pathlib.Path(tempfile.mkdtemp(prefix=f"wsgi-after-{name}-"))
+    path = pathlib.Path(tempfile.mkdtemp(prefix=f"wsgi-after-{name}-", dir=SHORT_TMP))
     path.chmod(0o777)
     try:
         yield path
