@@ -15,9 +15,9 @@ import typing as t
 
 import pytest
 
-import wsgi_after.runner
+import wsgi_after.lifecycle
 from wsgi_after import ThreadRunner, events, lifecycle
-from wsgi_after._chain import CURRENT
+from wsgi_after._context import CURRENT
 
 #: The signals whose handlers a test must leave as it found them.
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -193,7 +193,7 @@ def no_forked_child_exit_in_the_test_process(
     would end at once with status 0, and look like a pass: fail the test instead.
     """
     pid = os.getpid()
-    leave = wsgi_after.runner._leave_forked_child
+    leave = wsgi_after.lifecycle.leave_forked_child
     wrong: list[BaseException | None] = []
 
     def leave_only_in_a_child(error: BaseException | None) -> t.NoReturn:
@@ -202,6 +202,6 @@ def no_forked_child_exit_in_the_test_process(
             raise AssertionError("a worker of the test process took a forked child's exit")
         leave(error)
 
-    monkeypatch.setattr(wsgi_after.runner, "_leave_forked_child", leave_only_in_a_child)
+    monkeypatch.setattr(wsgi_after.lifecycle, "leave_forked_child", leave_only_in_a_child)
     yield
     assert not wrong, "a worker of the test process took a forked child's exit"

@@ -8,6 +8,7 @@ nothing to wait on (a counter, a log line from another thread), they poll with
 
 from __future__ import annotations
 
+import threading
 import time
 import typing as t
 import wsgiref.util
@@ -113,3 +114,33 @@ def queuing(*callbacks: t.Callable[[], None]) -> WSGIApplication:
         return [b""]
 
     return app
+
+
+def text_app(
+    view: t.Callable[[WSGIEnvironment], object],
+) -> t.Callable[[WSGIEnvironment, StartResponse], list[bytes]]:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        view(environ)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    return app
+
+
+def hold(busy: threading.Event, release: threading.Event) -> None:
+    """Keep a runner's worker busy until ``release`` is set."""
+    busy.set()
+    release.wait(TIMEOUT)
+
+
+class Returns:
+    """A runner that calls each chain at once and keeps what it returned or raised."""
+
+    def __init__(self) -> None:
+        self.results: list[object] = []
+
+    def submit(self, fn: t.Callable[[], object]) -> None:
+        try:
+            self.results.append(fn())
+        except BaseException as e:  # the test looks at it
+            self.results.append(e)

@@ -235,6 +235,7 @@ def test_what_is_sent_is_what_after_was_given() -> None:
         runner.shutdown(1)
     assert letters == [
         {
+            "version": 1,  # the message format's (wsgi_after.celery.message.VERSION)
             "method": "POST",
             "path": "/orders",
             "status": "201 Created",
@@ -523,6 +524,11 @@ def test_forged_names_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture) -
         pytest.param([], "the payload is not a mapping", id="list"),
         pytest.param({**message(), "method": 1}, "'method' and 'path' must be strings", id="m"),
         pytest.param({**message(), "completed": "yes"}, "'completed' must be a boolean", id="c"),
+        pytest.param(
+            {**message(), "version": 2},
+            "'version' must be 1 (this worker's message format)",
+            id="version",
+        ),
         pytest.param({**message(), "error": ["x"]}, "'error' must be null or two strings", id="e"),
         pytest.param({**message(), "callbacks": {}}, "'callbacks' must be a list", id="cbs"),
         pytest.param(

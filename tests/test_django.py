@@ -359,6 +359,12 @@ class InlineTestCaseTests(TestCase):
         assert len(hooks) == 1
         assert items(views.recorded) == [("i", True)]
 
+    def test_an_async_callback_committed_after_the_response_is_awaited(self) -> None:
+        with self.captureOnCommitCallbacks(execute=True):
+            self.client.get("/commit-async/k")
+            assert views.recorded == []
+        assert items(views.recorded) == ["k"]
+
     def test_a_failing_callback_fails_the_request(self) -> None:
         with pytest.raises(RuntimeError, match=r"^the callback failed$"):
             self.client.get("/fail")
@@ -502,17 +508,19 @@ def test_check_catches_a_missing_middleware(settings: SettingsWrapper) -> None:
         ),
         pytest.param(
             {"ON_FULL": "wait"},
-            "WSGI_AFTER['ON_FULL'] must be 'block', 'run' or 'drop', got 'wait'.",
+            "WSGI_AFTER['ON_FULL'] must be one of 'block', 'run' or 'drop', got 'wait'.",
             id="on-full",
         ),
         pytest.param(
             {"DRAIN_TIMEOUT": -1},
-            "WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0, got -1.",
+            "WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0 (inf: no limit),"
+            " got -1.",
             id="drain-timeout",
         ),
         pytest.param(  # nan < 0 is False: it passed, then every request's runner refused it
             {"DRAIN_TIMEOUT": float("nan")},
-            "WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0, got nan.",
+            "WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0 (inf: no limit),"
+            " got nan.",
             id="drain-timeout-nan",
         ),
         pytest.param(

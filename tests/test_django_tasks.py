@@ -229,7 +229,8 @@ def test_outside_a_request_a_failure_is_logged_by_name(log: pytest.LogCaptureFix
     wait_idle()
     assert result.status == TaskResultStatus.FAILED
     assert (
-        "Task 'tests.django_project.tasks.fail' enqueued outside a request raised." in log.messages
+        "Callback 'tests.django_project.tasks.fail' queued by 'a task enqueued outside a"
+        " request' raised ValueError." in log.messages
     )
 
 

@@ -12,7 +12,7 @@ import typing as t
 
 import pytest
 
-import wsgi_after.runner
+import wsgi_after._watchdog
 from tests.helpers import TIMEOUT, call, serve, wait_for
 from wsgi_after import AfterMiddleware, InlineRunner, ThreadRunner, after, events
 
@@ -293,7 +293,7 @@ def test_the_watchdog_samples_every_quarter_of_slow_callback_at_most_every_secon
         time.sleep(0.001)
 
     clock = types.SimpleNamespace(sleep=sleep, monotonic=time.monotonic)
-    monkeypatch.setattr(wsgi_after.runner, "time", clock)
+    monkeypatch.setattr(wsgi_after._watchdog, "time", clock)
     for slow, period in ((0.1, 0.025), (8.0, 1.0)):
         periods.clear()
         runner = ThreadRunner(max_workers=1, slow_callback=slow, drain_timeout=TIMEOUT)
@@ -364,7 +364,7 @@ def test_a_slow_callback_is_reported_once_however_long_it_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = CountingClock()
-    monkeypatch.setattr(wsgi_after.runner, "time", clock)
+    monkeypatch.setattr(wsgi_after._watchdog, "time", clock)
     runner = ThreadRunner(max_workers=1, slow_callback=0.05, drain_timeout=TIMEOUT, name="once")
     release = threading.Event()
 
@@ -476,7 +476,7 @@ def test_the_same_task_slow_again_after_an_idle_pause_is_reported_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = CountingClock()
-    monkeypatch.setattr(wsgi_after.runner, "time", clock)
+    monkeypatch.setattr(wsgi_after._watchdog, "time", clock)
     runner = ThreadRunner(max_workers=1, slow_callback=0.05, drain_timeout=TIMEOUT)
     gate = threading.Event()
 
@@ -521,7 +521,7 @@ def test_no_queue_delay_when_nobody_listened_at_close() -> None:
 
 def test_an_idle_worker_is_never_reported_slow(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = CountingClock()
-    monkeypatch.setattr(wsgi_after.runner, "time", clock)
+    monkeypatch.setattr(wsgi_after._watchdog, "time", clock)
     runner = ThreadRunner(max_workers=1, slow_callback=0.02, drain_timeout=TIMEOUT)
     runner.submit(lambda: None)
     assert runner.wait_idle(TIMEOUT)

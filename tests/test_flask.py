@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import threading
 import typing as t
 import weakref
@@ -524,6 +525,19 @@ def test_a_threaded_apps_runner_is_shut_down_with_it() -> None:
     assert isinstance(runner, ThreadRunner)
     assert runner.stats().completed == 1
     assert ext.shutdown(timeout=5) is True  # every app's runner, once each
+
+
+def test_get_runner_of_an_app_without_init_app_names_the_fix() -> None:
+    app = Flask("elsewhere")
+    ext = After()
+    message = (
+        "The Flask app 'elsewhere' is not registered on this 'After' extension."
+        " Call 'init_app(app)' on it first."
+    )
+    with pytest.raises(RuntimeError, match="^" + re.escape(message) + "$"):
+        ext.get_runner(app)
+    with pytest.raises(RuntimeError, match="^" + re.escape(message) + "$"):
+        ext.shutdown(app)
 
 
 def test_shutdown_reports_what_could_not_run(log: pytest.LogCaptureFixture) -> None:

@@ -145,10 +145,10 @@ def test_a_given_runner_is_used_whatever_the_config_says() -> None:
     assert ran == ["/"]
 
 
-def test_get_runner_of_an_app_without_the_extension_raises_key_error() -> None:
+def test_get_runner_of_an_app_without_the_extension_raises_runtime_error() -> None:
     ext = After()
     ext.init_app(Flask(__name__))
-    with pytest.raises(KeyError):
+    with pytest.raises(RuntimeError, match=r"Call 'init_app\(app\)' on it first\.$"):
         ext.get_runner(Flask(__name__))
 
 

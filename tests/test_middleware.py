@@ -52,7 +52,9 @@ def test_default_runner_is_a_thread_runner_built_from_options() -> None:
             id="on_full",
         ),
         pytest.param(
-            {"max_workers": 0}, "'max_workers' must be an int of at least 1, got 0.", id="workers"
+            {"max_workers": 0},
+            "'max_workers' must be None or an int of at least 1, got 0.",
+            id="workers",
         ),
         pytest.param(
             {"max_pending": 1.5},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import subprocess
 import sys
 import types
 import typing as t
@@ -56,3 +57,24 @@ def test_does_nothing_outside_mod_wsgi(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load(monkeypatch, None).install() is False
     # The pip package 'mod_wsgi' imports outside Apache, without the server's API.
     assert load(monkeypatch, types.ModuleType("mod_wsgi")).install() is False
+
+
+def test_importing_the_package_installs_nothing_the_first_middleware_does() -> None:
+    # In a fresh interpreter with a stand-in mod_wsgi: 'import wsgi_after' has no side
+    # effect; the first AfterMiddleware (or registered runner) subscribes, once.
+    script = """
+import sys, types
+subscribed = []
+fake = types.ModuleType("mod_wsgi")
+fake.subscribe_shutdown = subscribed.append
+sys.modules["mod_wsgi"] = fake
+import wsgi_after
+print(len(subscribed), "wsgi_after.mod_wsgi" in sys.modules)
+wsgi_after.AfterMiddleware(lambda environ, start_response: [], runner=wsgi_after.InlineRunner())
+wsgi_after.AfterMiddleware(lambda environ, start_response: [], runner=wsgi_after.InlineRunner())
+print(len(subscribed))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert done.stdout.split() == ["0", "False", "1"]

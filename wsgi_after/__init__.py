@@ -12,19 +12,21 @@
     app = AfterMiddleware(app)
 """
 
-import sys
-
-from ._chain import Chain as Chain
-from ._chain import Outcome as Outcome
-from ._chain import OutsideRequestError as OutsideRequestError
-from ._chain import after as after
-from ._chain import current_chain as current_chain
-from ._chain import outcome as outcome
 from ._chain import override_runner as override_runner
+from ._context import OutsideRequestError as OutsideRequestError
+from ._context import after as after
+from ._context import current_chain as current_chain
+from ._context import outcome as outcome
+from ._request import Outcome as Outcome
+from ._request import RequestView as Chain  # 0.1's name: the view, not the class
+from ._request import RequestView as RequestView
+
+# lifecycle.shutdown and lifecycle.start, under the names the package exports them by.
 from .lifecycle import shutdown as shutdown_runners
 from .lifecycle import start as start_runners
 from .middleware import AfterMiddleware as AfterMiddleware
 from .runner import InlineRunner as InlineRunner
+from .runner import PoolOptions as PoolOptions
 from .runner import Runner as Runner
 from .runner import RunnerStats as RunnerStats
 from .runner import Task as Task
@@ -37,6 +39,8 @@ __all__ = [
     "InlineRunner",
     "Outcome",
     "OutsideRequestError",
+    "PoolOptions",
+    "RequestView",
     "Runner",
     "RunnerStats",
     "Task",
@@ -49,12 +53,3 @@ __all__ = [
     "shutdown_runners",
     "start_runners",
 ]
-
-if "uwsgi" in sys.modules:  # under uWSGI: its fork, exit and threads hooks
-    from . import uwsgi
-
-    uwsgi.install()
-if "mod_wsgi" in sys.modules:  # under mod_wsgi: drain at its shutdown event
-    from . import mod_wsgi
-
-    mod_wsgi.install()

@@ -1,85 +1,65 @@
-"""One request's callbacks: :class:`Chain`, :func:`after` and :func:`outcome`.
+"""The chain: one request's callbacks, handed to its runner when the response closes.
 
-:class:`~wsgi_after.AfterMiddleware` makes a :class:`Chain` for every request and
-makes it *current* (the :data:`CURRENT` context variable, and
-``environ["wsgi_after.chain"]``) until the response is closed. :func:`after`
-appends to the current chain; the chain is also the response wrapper, so when
-the server closes the response :meth:`Chain.on_close` hands it to the runner,
-which later calls the chain to run the callbacks in order::
+:class:`~wsgi_after.AfterMiddleware` makes a :class:`Chain` for every request;
+:func:`~wsgi_after.after` appends to it (:mod:`wsgi_after._context`). The chain is
+also the response wrapper (:class:`~wsgi_after._response.ClosingResponse`), so
+when the server closes the response :meth:`Chain.on_close` hands it to the
+runner with one ``submit``; the runner later calls it, which runs the callbacks
+(:func:`~wsgi_after._execute.run_callbacks`)::
 
-    from wsgi_after import after
-
-    def view(environ, start_response):
-        after(send_audit_log, environ["PATH_INFO"])
-        ...
+    chain = Chain(environ, runner, start_response)
+    result = chain.wrap(app(environ, chain.start_response))
+    ...  # the server iterates result, then calls result.close(): on_close()
 
 A chain moves through five states: OPEN while the request runs (``after()``
 appends), CLOSING while the server closes the response, QUEUED once handed to
 the runner, RUNNING while its callbacks run (a callback may append more, from
-its own thread), DONE. Appending and handing over are ordered by one lock, so an
-``after()`` from another thread either lands in the chain or raises, never
-accepted and lost; a request that queued nothing never takes the lock.
+its own thread), DONE.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
 import gc
-import inspect
 import logging
-import threading
 import time
 import typing as t
-from types import CoroutineType
 
-from . import events, lifecycle
+from . import _context, events, lifecycle
+from ._execute import run_callbacks
+from ._request import (
+    APPENDED,
+    CLOSING,
+    DONE,
+    MAX_CALLBACKS,
+    OPEN,
+    QUEUED,
+    Entry,
+    RequestView,
+)
 from ._response import ClosingResponse, ListMixin, SizedMixin
 from .losslog import LossLog
-from .naming import callback_name, describe_request, method_and_path
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from .runner import Submits
 
-P = t.ParamSpec("P")
-R = t.TypeVar("R")
-
 logger = logging.getLogger("wsgi_after")
-
-#: The chain of the request being handled in this context. The middleware sets it
-#: and the chain resets it when the response closes; integrations read it through
-#: :func:`current_chain`.
-CURRENT: contextvars.ContextVar[Chain | None] = contextvars.ContextVar(
-    "wsgi_after.chain", default=None
-)
-
-#: How many callbacks one request may queue, nested ones included, by default.
-#: A callback that queues itself again would otherwise grow without bound.
-MAX_CALLBACKS = 1000
-
-# Chain states. A chain accepts callbacks while OPEN (the request runs) and while
-# RUNNING (a callback queues another, in the running thread); the others refuse.
-OPEN, CLOSING, QUEUED, RUNNING, DONE = range(5)
-
-# Taken by after(), which marks the chain (Chain.notes & _APPENDED) before it looks
-# at the state; on_close() sets CLOSING, then, for a marked chain only, takes the
-# lock once before it reads the callbacks. So an after() racing close() from
-# another thread either appended before the hand-over (and is run) or saw CLOSING
-# (and raised); a request that queued nothing never takes the lock.
-_handover = threading.Lock()
 
 _forced_runner: Submits | None = None
 
-# Looked up once, not per after() call.
-_copy_context = contextvars.copy_context
-_get_ident = threading.get_ident
+# Bound by assignment, not by 'from ... import': CPython 3.11 compiles a method call on
+# a name an import bound (CURRENT.reset(), handover.acquire()) as an attribute load that
+# makes a bound-method object per call (measured: +0.5k instructions per request).
+CURRENT = _context.CURRENT
+handover = _context.handover
+
+# Looked up once, not per request.
 _Executor = concurrent.futures.Executor
 _Future = concurrent.futures.Future
-_CO_ASYNC_GENERATOR = inspect.CO_ASYNC_GENERATOR
 
 _never_closed = LossLog(
     "the server never called close() on the response (PEP 3333), so it cannot be known"
@@ -88,44 +68,17 @@ _never_closed = LossLog(
 )
 
 
-class OutsideRequestError(RuntimeError):
-    """:func:`after` was called while no open request handled by the middleware is current."""
-
-
-class Outcome(t.NamedTuple):
-    """How the request that queued a callback ended, as :func:`outcome` reports it."""
-
-    #: The status code the client got: from ``start_response``, or the 500 the server
-    #: sends itself for an error raised before any of the body was sent; else None
-    #: (uWSGI closes the connection instead).
-    status: int | None
-    #: False when the body was not fully sent (client disconnect, error while iterating).
-    completed: bool
-    #: The exception the app or its response iterable raised, else None.
-    error: BaseException | None
-
-
-Callback = tuple[t.Any, tuple[t.Any, ...], dict[str, t.Any], contextvars.Context]
-
-
-class Chain(ClosingResponse):
+class Chain(ClosingResponse, RequestView):
     """One request: its callbacks, their :mod:`contextvars` snapshots and its outcome.
 
     The chain is also the request's response wrapper (one object per request on
     the hot path): when the server closes the response, :meth:`on_close` hands
-    the chain to its runner. Calling the chain then runs every callback in
-    registration order, each inside the context that was current when
-    :func:`after` queued it, and inside :attr:`scope` when an integration set
-    one.
-
-    Error policy: a callback that raises anything, :class:`BaseException`
-    included, is logged on the ``wsgi_after`` logger with its name and the
-    request's method and path, and the rest still run. Calling the chain
-    returns False when a callback failed; it raises only the first
-    :class:`KeyboardInterrupt` or :class:`SystemExit` a callback raised, after
-    the rest ran, so that a runner running it in the server's own thread can
-    pass it on. A chain freed while still open (the server never called
+    the chain to its runner. Calling the chain then runs every callback
+    (:func:`~wsgi_after._execute.run_callbacks`, whose docstring gives the error
+    policy). A chain freed while still open (the server never called
     ``close()``) logs its callbacks by name at ERROR and does not run them.
+
+    Integrations read it only through :class:`~wsgi_after._request.RequestView`.
     """
 
     __slots__ = (
@@ -146,7 +99,7 @@ class Chain(ClosingResponse):
 
     #: The subclass with ``__del__`` (and :class:`PendingChain`) that the request's
     #: first :func:`after` switches to; every subclass names its own.
-    pending: t.ClassVar[type[Chain]]
+    pending: t.ClassVar[type[RequestView]]
 
     def __init__(
         self,
@@ -160,14 +113,12 @@ class Chain(ClosingResponse):
         # when the chain runs.
         self._once = [None]
         self.completed = False
-        #: ``(func, args, kwargs, context)`` tuples in registration order; an entry
-        #: becomes None once it has run, so that its arguments are freed.
-        self.callbacks: list[Callback | None] = []
+        self.callbacks: list[Entry | None] = []
         #: The request's environ; a snapshot of it once the server closed the
         #: response (servers may clear and reuse theirs); None once done.
         self.environ: WSGIEnvironment | None = environ
         #: Where :meth:`on_close` submits the chain.
-        self.runner = runner
+        self.runner: Submits = runner
         self._start_response: StartResponse | None = start_response
         self.max_callbacks = max_callbacks
         #: The status line the server accepted from ``start_response``.
@@ -176,7 +127,7 @@ class Chain(ClosingResponse):
         #: callback (the Flask extension pushes the request context with it).
         self.scope: t.Callable[[], t.ContextManager[object]] | None = None
         #: The :data:`CURRENT` token to reset when the response closes.
-        self.token: contextvars.Token[Chain | None] | None = None
+        self.token: contextvars.Token[RequestView | None] | None = None
         self.error = self.file_response = None
         #: Index of the callback running now (or of the next to run).
         self.started = 0
@@ -216,84 +167,14 @@ class Chain(ClosingResponse):
         else:
             self.status = "500 Internal Server Error"
 
-    def outcome(self) -> Outcome:
-        """The request's :class:`Outcome` as recorded so far."""
-        status = self.status
-        code = int(status[:3]) if status and status[:3].isdecimal() else None
-        return Outcome(code, self.sent_all(), self.error)
-
     def returned(self) -> bool:
         """Whether the app already returned this request's response, or the request
         finished: a request that starts later in the same context is not nested in it."""
         return hasattr(self, "_inner")  # set by wrap(), and when the chain is released
 
-    def method_and_path(self) -> tuple[str, str]:
-        """The request's method and full path (``SCRIPT_NAME + PATH_INFO``), unescaped."""
-        return method_and_path(self.environ or {})
+    __call__ = run_callbacks
 
-    def describe(self) -> str:
-        """``METHOD /path`` of the request, escaped for log lines."""
-        if self.environ is None:
-            return "a finished request"
-        return describe_request(self.environ)
-
-    def callback_names(self) -> list[str]:
-        """The names of the callbacks not yet run or running, for drop and shutdown logs."""
-        return [callback_name(c[0]) for c in self.callbacks[self.started :] if c is not None]
-
-    def discard(self) -> None:
-        """Forget the callbacks without running them (after they were logged as lost)."""
-        for entry in self.callbacks:
-            if entry is not None and type(entry[0]) is CoroutineType:
-                entry[0].close()  # no "never awaited" warning for a coroutine we dropped
-        self._release()
-
-    def __call__(self) -> bool:
-        self.thread = _get_ident()
-        self.state = RUNNING
-        generation = lifecycle.generation
-        callbacks = self.callbacks
-        scope = self.scope
-        observed = bool(events.listeners)
-        if observed:
-            method, path = self.method_and_path()
-        interrupt: BaseException | None = None
-        ok = True
-        i = 0
-        try:
-            while i < len(callbacks):  # sees what a running callback appends
-                self.started = i
-                func, args, kwargs, ctx = callbacks[i]  # type: ignore[misc]
-                self.notes &= ~_TEARDOWN
-                # Inside the snapshot: the scope's context, the callback, and the log
-                # line of its failure all see the request's context variables.
-                if observed:
-                    error = ctx.run(
-                        _run_observed, self, func, args, kwargs, generation, method, path
-                    )
-                else:
-                    error = ctx.run(_run, self, scope, func, args, kwargs, generation)
-                if error is not None:
-                    if lifecycle.generation != generation:
-                        raise error  # a forked child leaving: never run the parent's callbacks
-                    ok = False
-                    if interrupt is None and isinstance(error, (KeyboardInterrupt, SystemExit)):
-                        interrupt = error
-                if lifecycle.generation != generation:
-                    return ok  # a forked child that returned from the callback
-                callbacks[i] = func = args = kwargs = ctx = error = None
-                i += 1
-        finally:
-            if lifecycle.generation == generation:
-                self._release()
-        if interrupt is not None:
-            try:
-                raise interrupt
-            finally:
-                interrupt = None
-        return ok
-
-    def _release(self) -> None:
+    def release(self) -> None:
         # Drop everything the request held (body, file, error, environ) now, not at
         # this thread's next request; environ["wsgi_after.chain"] refers to this
         # chain, and an error's traceback may too: break those cycles, so that
@@ -309,11 +190,11 @@ class Chain(ClosingResponse):
         if self.state != OPEN:
             return
         self.state = CLOSING  # from here on, after() refuses
-        if self.notes & _APPENDED:
+        if self.notes & APPENDED:
             # An after() may be appending right now, in another thread: wait for it,
             # so that its callback is either seen below or was refused.
-            _handover.acquire()
-            _handover.release()
+            handover.acquire()
+            handover.release()
         token = self.token
         if token is not None:
             self.token = None  # (measured: keeping it costs more per request than this write)
@@ -362,13 +243,6 @@ class Chain(ClosingResponse):
             result.add_done_callback(watch or _FutureWatch(self.callback_names(), self.describe()))
 
 
-# Chain.notes bits.
-_TEARDOWN = 1  # the running callback returned; its scope is being torn down
-_WARNED_CAP = 2  # the per-request cap was logged inside a callback
-_WARNED_TEARDOWN = 4  # after() from a scope's teardown was logged
-_APPENDED = 8  # after() took the hand-over lock for this chain
-
-
 class _FutureWatch:
     """Logs what a :class:`concurrent.futures.Future` reports for a chain."""
 
@@ -396,120 +270,6 @@ class _FutureWatch:
             )
 
 
-def _run(
-    chain: Chain,
-    scope: t.Callable[[], t.ContextManager[object]] | None,
-    func: t.Any,
-    args: tuple[t.Any, ...],
-    kwargs: dict[str, t.Any],
-    generation: int,
-) -> BaseException | None:
-    """Run one callback, in ``scope`` when given; log its failure by name, here inside
-    its context. Return what it raised, else None."""
-    try:
-        if scope is not None:
-            _call_in_scope(chain, scope, func, args, kwargs)
-        elif type(func) is CoroutineType:
-            asyncio.run(func)
-        else:
-            result = func(*args, **kwargs)
-            if result is not None:
-                _finish(func, result)
-    except BaseException as e:
-        if lifecycle.generation == generation:  # not in a forked child that is leaving
-            logger.error(
-                "Callback '%s' queued by '%s' raised %s.",
-                callback_name(func),
-                chain.describe(),  # the chain is released only after its last callback
-                type(e).__name__,
-                exc_info=e,
-            )
-        return e
-    return None
-
-
-def _call(func: t.Any, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> None:
-    """Call a callback; run an awaitable (given, or returned) to completion."""
-    if type(func) is CoroutineType:
-        asyncio.run(func)
-        return
-    result = func(*args, **kwargs)
-    if result is not None:
-        _finish(func, result)
-
-
-def _finish(func: t.Any, result: object) -> None:
-    """Run what a callback returned to completion, when it is awaitable."""
-    if type(result) is CoroutineType:
-        asyncio.run(result)
-    elif inspect.isawaitable(result):
-        asyncio.run(_await(result))
-    elif inspect.isasyncgen(result):
-        raise TypeError(
-            f"'{callback_name(func)}' returned an async generator, which cannot be run"
-            " to completion. Queue a coroutine function instead."
-        )
-
-
-async def _await(awaitable: t.Awaitable[object]) -> None:
-    await awaitable
-
-
-def _call_in_scope(
-    chain: Chain,
-    scope: t.Callable[[], t.ContextManager[object]],
-    func: t.Any,
-    args: tuple[t.Any, ...],
-    kwargs: dict[str, t.Any],
-) -> None:
-    with scope():
-        try:
-            _call(func, args, kwargs)
-        finally:
-            chain.notes |= _TEARDOWN
-
-
-def _run_observed(
-    chain: Chain,
-    func: t.Any,
-    args: tuple[t.Any, ...],
-    kwargs: dict[str, t.Any],
-    generation: int,
-    method: str,
-    path: str,
-) -> BaseException | None:
-    """:func:`_run` between "started" and "finished" or "failed" events, emitted
-    inside the callback's context (the failure is logged before "failed", while a
-    listener's span is still current)."""
-    name = callback_name(func)
-    delay = time.monotonic() - chain.closed_at if chain.closed_at else None
-    runner = events.current_runner()  # named here, once: emit() would copy each event
-    events.emit(events.CallbackEvent("started", name, method, path, delay, runner=runner))
-    started = time.perf_counter()
-    error = _run(chain, chain.scope, func, args, kwargs, generation)
-    run_time = time.perf_counter() - started
-    if error is None:
-        events.emit(
-            events.CallbackEvent("finished", name, method, path, delay, run_time, runner=runner)
-        )
-    else:
-        events.emit(
-            events.CallbackEvent(
-                "failed", name, method, path, delay, run_time, error, runner=runner
-            )
-        )
-    return error
-
-
-def current_chain() -> Chain | None:
-    """The chain of the request handled in this context, or of the callback running
-    in this thread; None elsewhere (and once the response is closed)."""
-    chain = CURRENT.get()
-    if chain is None or not (chain.state == OPEN or _in_callback(chain)):
-        return None
-    return chain
-
-
 @contextlib.contextmanager
 def override_runner(runner: Submits) -> t.Iterator[Submits]:
     """Send every chain that closes while the block runs to ``runner``.
@@ -528,161 +288,24 @@ def override_runner(runner: Submits) -> t.Iterator[Submits]:
         _forced_runner = previous
 
 
-@t.overload
-def after(func: t.Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> t.Callable[P, R]: ...
-@t.overload
-def after(func: t.Coroutine[t.Any, t.Any, object], /) -> None: ...
-def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
-    """Run ``func(*args, **kwargs)`` after the current response has been sent.
-
-    The callback runs on the runner (a worker thread by default), after the
-    server has sent the response and closed it, in the order of the ``after()``
-    calls and inside a copy of the :mod:`contextvars` context current now. A
-    coroutine function, a coroutine object, or a function returning an
-    awaitable runs to completion there on its own event loop. Called from
-    inside a running callback, it appends to the same request's chain. Returns
-    ``func``, so ``@after`` over a function with no parameters queues it and
-    leaves the name bound to it.
-
-    Error policy: if the callback raises, the error is logged on the
-    ``wsgi_after`` logger with the callback's name and the request's method and
-    path, and the request's remaining callbacks still run. One request may
-    queue at most ``max_callbacks`` callbacks (1000 by default); past that,
-    ``after()`` raises in the request, and inside a callback it is refused
-    with one ERROR line. ``after()`` from the teardown of a callback's own
-    context (Flask's ``teardown_request`` runs after every callback) is ignored,
-    logged once at DEBUG: it would queue itself for ever.
-
-    :param func: a callable, or a coroutine object (then without arguments).
-    :raises TypeError: if ``func`` is neither callable nor a coroutine, is an
-        async generator function, or the runner cannot take it
-        (:class:`~wsgi_after.celery.CeleryRunner` needs importable callbacks
-        with serializable arguments).
-    :raises OutsideRequestError: if no request handled by
-        :class:`~wsgi_after.AfterMiddleware` is current here, or its response
-        was already closed.
-    :raises RuntimeError: if the request already queued ``max_callbacks``.
-    """
-    if not callable(func):
-        if type(func) is not CoroutineType:
-            raise TypeError(
-                f"'after()' needs a callable or a coroutine, got {type(func).__name__!r}."
-            )
-        if args or kwargs:
-            func.close()
-            raise TypeError(
-                "'after()' got arguments for a coroutine object. Pass the coroutine"
-                " function and its arguments instead: 'after(func, *args)'."
-            )
-    elif (code := getattr(func, "__code__", None)) is not None and (
-        code.co_flags & _CO_ASYNC_GENERATOR
-    ):
-        raise TypeError(
-            f"'after()' cannot run the async generator function '{callback_name(func)}'"
-            " to completion. Queue a coroutine function ('async def' with no 'yield')."
-        )
-    chain = CURRENT.get()
-    try:
-        if chain is None:
-            raise OutsideRequestError(
-                "'after()' was called outside a request handled by 'AfterMiddleware'."
-                " Wrap the WSGI app with 'AfterMiddleware' (Flask: 'After(app)'); in a"
-                " thread started by the view, run the thread's function in a copy of the"
-                " request's context: 'contextvars.copy_context().run(func)'."
-            )
-        check = getattr(chain.runner, "check_callback", None)
-        if check is not None:  # a runner that sends callbacks elsewhere (CeleryRunner)
-            check(func, args, kwargs)
-        entry = (func, args, kwargs, _copy_context())
-        _handover.acquire()  # not 'with': that costs twice as much, per after()
-        try:
-            chain.notes |= _APPENDED
-            state = chain.state
-            inside = state == RUNNING and chain.thread == _get_ident()
-            if state == OPEN or inside:
-                if inside and chain.notes & _TEARDOWN:
-                    refused = _TEARDOWN
-                elif len(chain.callbacks) >= chain.max_callbacks:
-                    refused = _WARNED_CAP
-                else:
-                    if state == OPEN and not chain.callbacks:
-                        # The request's first: from now on, a chain freed unclosed logs.
-                        # wrap() switches the class too (sized), in the request's thread;
-                        # each reads the class and sets it with nothing run in between,
-                        # so they do not undo each other (an audit hook run inside the
-                        # set could: then only __len__ or this __del__ would be missing).
-                        chain.__class__ = chain.pending
-                    chain.callbacks.append(entry)
-                    refused = -1
-            else:
-                refused = 0
-        finally:
-            _handover.release()
-        if refused == -1:
-            if events.listeners:
-                name = callback_name(func)
-                events.emit(events.CallbackEvent("queued", name, *chain.method_and_path()))
-            return func if type(func) is not CoroutineType else None
-        if refused == 0:
-            raise OutsideRequestError(
-                f"'after()' was called for '{chain.describe()}' after its response was"
-                " closed and its callbacks handed to the runner. Call 'after()' before the"
-                " response is closed: in the view, or while the server iterates its body."
-            )
-        if refused == _WARNED_CAP and not inside:
-            raise RuntimeError(
-                f"'after()' was called more than {chain.max_callbacks} times for"
-                f" '{chain.describe()}'. Queue fewer callbacks (one that loops over the"
-                " items), or raise 'AfterMiddleware(max_callbacks=...)'."
-            )
-        _refuse_inside(chain, func, refused)
-        return func if type(func) is not CoroutineType else None
-    except BaseException:
-        if type(func) is CoroutineType:
-            func.close()
-        raise
-
-
-def _refuse_inside(chain: Chain, func: t.Any, reason: int) -> None:
-    """Log, once per chain, that ``after()`` inside a callback was refused."""
-    if type(func) is CoroutineType:
-        func.close()
-    warned = _WARNED_TEARDOWN if reason == _TEARDOWN else _WARNED_CAP
-    if chain.notes & warned:
-        return
-    chain.notes |= warned
-    if reason == _TEARDOWN:
-        logger.debug(
-            "Ignored 'after(%s)' from the teardown of a callback's context for '%s':"
-            " teardown runs after every callback, so it would queue itself for ever.",
-            callback_name(func),
-            chain.describe(),
-        )
-    else:
-        logger.error(
-            "Refused 'after(%s)' inside a callback for '%s': the request already queued"
-            " %d callbacks (max_callbacks); this and further ones are not run.",
-            callback_name(func),
-            chain.describe(),
-            chain.max_callbacks,
-        )
-
-
-def outcome() -> Outcome | None:
-    """The :class:`Outcome` of the request whose callback is running, else None.
-
-    Inside a callback it tells how the response ended: the status code, whether
-    the body was fully sent, and the error the app raised, if any.
-    """
-    chain = CURRENT.get()
-    if chain is None or not _in_callback(chain):
-        return None
-    return chain.outcome()
-
-
-def _in_callback(chain: Chain) -> bool:
-    """Whether this thread is running ``chain``'s callbacks now."""
-    return chain.state == RUNNING and chain.thread == _get_ident()
+# --- The response variants: every class switch of the hot path, in one block -------
+#
+# A chain changes its class instead of testing flags on the hot path; each switch
+# is one attribute write, made in the request's thread. Measured with
+# benchmarks/instructions.py and floor.py (CPython 3.11, instructions/request):
+#
+# * sized (``SizedMixin``): ``__len__`` only when the app's iterable has one, as
+#   PEP 3333 wants for waitress's Content-Length; a switch costs 0.5k (floor 4),
+#   where an ``if`` in a generic ``__len__`` would make every request pay;
+# * listed (``ListMixin``): a list body (the commonest) handed to the server as
+#   the list's own C iterator, no generator frame per chunk; what the body sent
+#   is read from the iterator only when asked (``sent_all``);
+# * pending (``PendingChain``): only a request that queued a callback pays for a
+#   ``__del__`` (the never-closed check); a ``__del__`` on every chain costs
+#   every request a finaliser call.
+#
+# after() (pending) and wrap() (sized, listed) each read the class and set it
+# with nothing run in between, so they do not undo each other.
 
 
 class SizedChain(SizedMixin, Chain):
@@ -708,7 +331,9 @@ class PendingChain(Chain):
 
     __slots__ = ()
 
-    def __del__(self) -> None:
+    # Not mutated: mutmut's stats trampoline run from a garbage-collection pass re-enters
+    # its own recording and crashes the run; tests/test_chain.py covers this method.
+    def __del__(self) -> None:  # pragma: no mutate block
         if self.state == OPEN and self.callbacks:
             names = self.callback_names()
             _never_closed.record(names, self.describe())
@@ -734,7 +359,7 @@ def _name_open_requests() -> None:
         # LazyObject) computes, and may raise.
         if not (issubclass(type(chain), PendingChain) and chain.state == OPEN):
             continue
-        with _handover:  # the request's thread may be in after() right now
+        with handover:  # the request's thread may be in after() right now
             if chain.state != OPEN:
                 continue
             chain.state = CLOSING  # its after() and close() now refuse, or do nothing

@@ -37,8 +37,6 @@ parsed during the request; a body never read during the request reads as empty.
 from __future__ import annotations
 
 import io
-import math
-import time
 import types
 import typing as t
 import weakref
@@ -51,7 +49,7 @@ from werkzeug.datastructures import EnvironHeaders
 
 from . import current_chain, lifecycle
 from .middleware import AfterMiddleware
-from .runner import InlineRunner, Runner, ThreadRunner
+from .runner import DEFAULT_POOL, InlineRunner, OnFull, Runner, ThreadRunner
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -100,10 +98,10 @@ class After:
         app: Flask | None = None,
         *,
         runner: Runner | None = None,
-        max_workers: int | None = None,
-        max_pending: int = 1000,
-        on_full: t.Literal["block", "run", "drop"] = "block",
-        drain_timeout: float = 25.0,
+        max_workers: int | None = DEFAULT_POOL.max_workers,
+        max_pending: int = DEFAULT_POOL.max_pending,
+        on_full: OnFull = DEFAULT_POOL.on_full,
+        drain_timeout: float = DEFAULT_POOL.drain_timeout,
         inline: bool = False,
     ) -> None:
         self.runner = runner
@@ -163,41 +161,30 @@ class After:
     def get_runner(self, app: Flask) -> Runner:
         """The runner that ``app``'s callbacks run on.
 
-        :raises KeyError: if ``init_app(app)`` was not called on this extension.
+        :raises RuntimeError: if ``init_app(app)`` was not called on this extension.
         """
-        return self._runners[app]
+        runner = self._runners.get(app)
+        if runner is None:
+            raise RuntimeError(
+                f"The Flask app {app.name!r} is not registered on this 'After' extension."
+                " Call 'init_app(app)' on it first."
+            )
+        return runner
 
     def shutdown(self, app: Flask | None = None, *, timeout: float | None = None) -> bool:
         """Drain and stop the runner of ``app``, or of every app of this extension.
 
-        One deadline for all of them: ``timeout`` seconds in all (each runner's
-        own ``drain_timeout`` when None). What could not run is logged by name,
-        as at exit. A runner shared between apps is stopped once.
+        One deadline for all of them (:func:`wsgi_after.shutdown_runners` does the
+        same for every runner of the process): ``timeout`` seconds in all, each
+        runner's own ``drain_timeout`` when None. What could not run is logged
+        by name, as at exit. A runner shared between apps is stopped once.
 
         :returns: True if every queued callback ran.
+        :raises RuntimeError: if ``app`` is given and ``init_app(app)`` was not called.
         :raises ValueError: if ``timeout`` is NaN or negative (``inf``: no limit).
         """
-        runners = [self._runners[app]] if app is not None else list(self._runners.values())
-        stopping = list(dict.fromkeys(runners))  # a shared runner once
-        if timeout is None:
-            longest = max((getattr(r, "drain_timeout", 0.0) for r in stopping), default=0.0)
-            limit = lifecycle.check_timeout(longest, "drain_timeout")
-        else:
-            limit = lifecycle.check_timeout(timeout)
-        deadline = lifecycle.deadline_after(limit)
-        for runner in stopping:  # all stop taking work first, then all drain
-            begin = getattr(runner, "begin_shutdown", None)
-            if begin is not None:
-                begin()
-        ok = True
-        for runner in stopping:
-            finish = getattr(runner, "finish_shutdown", None)
-            if finish is not None:
-                ok = finish(deadline) and ok
-            else:
-                left = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
-                ok = runner.shutdown(left) and ok
-        return ok
+        runners = [self.get_runner(app)] if app is not None else list(self._runners.values())
+        return lifecycle.drain(runners, timeout)
 
 
 def _wsgi_app(app: Flask, wsgi_app: t.Any) -> t.Callable[..., t.Any]:

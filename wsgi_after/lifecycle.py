@@ -21,7 +21,9 @@ process can treat them as one:
   the runners drained, the reports of :func:`report_at_exit` name their callbacks.
 
 Server hooks (gunicorn's ``worker_exit``, uWSGI's ``atexit``, mod_wsgi's
-shutdown event) call :func:`shutdown` with the time the server allows.
+shutdown event) call :func:`shutdown` with the time the server allows; uWSGI's
+and mod_wsgi's are installed by :func:`install_server_hooks`, from the first
+middleware or runner (never by ``import wsgi_after``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import threading
 import time
 import typing as t
@@ -68,8 +71,37 @@ generation = 0
 
 
 def register(runner: Drainable) -> None:
-    """Add ``runner`` to the process's registry (held weakly)."""
+    """Add ``runner`` to the process's registry (held weakly); the first one also
+    installs the server's hooks (:func:`install_server_hooks`)."""
+    install_server_hooks()
     _registry.add(runner)
+
+
+_server_hooks = False
+
+
+def install_server_hooks() -> None:
+    """Install, once, the hooks of the server this process runs under.
+
+    The one place they are installed from: called by every
+    :class:`~wsgi_after.AfterMiddleware` and every runner registered here, so
+    that nothing is needed of uWSGI or mod_wsgi users, while ``import
+    wsgi_after`` changes nothing in the server. Under uWSGI (the ``uwsgi``
+    module exists): its fork, exit and threads hooks (:mod:`wsgi_after.uwsgi`);
+    under mod_wsgi: a drain at its shutdown event (:mod:`wsgi_after.mod_wsgi`).
+    """
+    global _server_hooks
+    if _server_hooks:
+        return
+    _server_hooks = True
+    if "uwsgi" in sys.modules:
+        from . import uwsgi
+
+        uwsgi.install()
+    if "mod_wsgi" in sys.modules:
+        from . import mod_wsgi
+
+        mod_wsgi.install()
 
 
 def unregister(runner: Drainable) -> None:
@@ -112,30 +144,51 @@ def deadline_after(timeout: float | None) -> float | None:
 
 
 def shutdown(timeout: float | None = None) -> bool:
-    """Drain every registered runner against one deadline.
+    """Drain every registered runner against one deadline (:func:`drain`).
 
-    Every runner is told to stop first, then each is waited for until the
-    earlier of the shared deadline and its own ``drain_timeout``; what could
-    not run is logged by name. Called at interpreter exit with no ``timeout``
-    (the longest ``drain_timeout`` of the runners); server hooks pass what the
-    server allows.
+    Called at interpreter exit with no ``timeout``; server hooks pass what the
+    server allows. Public as :func:`wsgi_after.shutdown_runners`.
 
-    :param timeout: seconds for the whole process; None: the longest
-        ``drain_timeout`` among the runners. ``inf`` waits without limit.
+    :param timeout: seconds for the whole process; None: each runner's own
+        ``drain_timeout``. ``inf`` waits without limit.
+    :returns: True if every runner ran everything it had.
+    :raises ValueError: if ``timeout`` is NaN or negative.
+    """
+    return drain(runners(), timeout)
+
+
+def drain(found: t.Iterable[object], timeout: float | None = None) -> bool:
+    """Stop ``found`` runners against one deadline: all stop taking work first, then
+    each is waited for until the earlier of the shared deadline and its own
+    ``drain_timeout``; what could not run is logged by name. A runner without
+    ``begin_shutdown``/``finish_shutdown`` is asked to ``shutdown(seconds_left)``.
+
+    :param timeout: seconds for them all; None: each runner's own ``drain_timeout``.
     :returns: True if every runner ran everything it had.
     """
     limit = check_timeout(timeout)
-    found = runners()
+    stopping = list(dict.fromkeys(found))  # a runner listed twice stops once
     started = time.monotonic()
-    for runner in found:
-        runner.begin_shutdown()
+    for runner in stopping:
+        begin = getattr(runner, "begin_shutdown", None)
+        if begin is not None:
+            begin()
     ok = True
-    for runner in found:
-        own = check_timeout(runner.drain_timeout, "drain_timeout")
+    for runner in stopping:
+        own = getattr(runner, "drain_timeout", None)
+        if own is None and timeout is None:
+            own = 0.0  # no drain_timeout of its own (an executor), and none given
+        own = check_timeout(own, "drain_timeout")
         ends = [started + x for x in (own, limit) if x is not None]
         if timeout is not None and limit is None:  # inf given: no limit at all
             ends = []
-        ok = runner.finish_shutdown(min(ends) if ends else None) and ok
+        deadline = min(ends) if ends else None
+        finish = getattr(runner, "finish_shutdown", None)
+        if finish is not None:
+            ok = finish(deadline) and ok
+        else:
+            left = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
+            ok = runner.shutdown(left) and ok  # type: ignore[attr-defined]
     return ok
 
 
@@ -148,6 +201,27 @@ def after_fork_in_child() -> None:
     _registry = weakref.WeakSet(found)
     for runner in found:
         runner.reset_after_fork()
+
+
+def leave_forked_child(error: BaseException | None) -> t.NoReturn:
+    """A callback forked, and the child came back to the worker: end the child now.
+
+    The child must not run its parent's queued tasks, nor its parent's exit
+    handlers (they own the parent's connections), like :mod:`multiprocessing`'s
+    forked children. Exits with the ``SystemExit`` code, 1 after another error,
+    0 when the callback returned.
+    """
+    code = 0
+    if isinstance(error, SystemExit):
+        code = error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
+        if not isinstance(error.code, int) and error.code is not None:
+            print(error.code, file=sys.stderr)
+    elif error is not None:
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 _exit_reports: list[t.Callable[[], None]] = []

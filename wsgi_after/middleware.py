@@ -18,15 +18,22 @@ import contextvars
 import sys
 import typing as t
 
-from ._chain import CURRENT, MAX_CALLBACKS, Chain
-from ._response import FileWrapperHook, closes_in_place
-from .runner import Submits, ThreadRunner
+from . import _context, lifecycle
+from ._chain import Chain
+from ._request import MAX_CALLBACKS
+from ._response import ClosingResponse, FileWrapperHook, closes_in_place
+from .runner import OnFull, Submits, ThreadRunner
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 
 RunnerT = t.TypeVar("RunnerT", bound=Submits)
+
+# Bound by assignment, not by 'from ... import': CPython 3.11 compiles a method call on
+# a name an import bound (CURRENT.set()) as an attribute load that makes a bound-method
+# object per call.
+CURRENT = _context.CURRENT
 
 
 _MISSING = contextvars.Token.MISSING  # a token's old_value when the variable had none
@@ -72,7 +79,7 @@ class AfterMiddleware(t.Generic[RunnerT]):
         runner: None = None,
         max_workers: int | None = None,
         max_pending: int | None = None,
-        on_full: t.Literal["block", "run", "drop"] | None = None,
+        on_full: OnFull | None = None,
         drain_timeout: float | None = None,
         max_callbacks: int = MAX_CALLBACKS,
     ) -> None: ...
@@ -91,7 +98,7 @@ class AfterMiddleware(t.Generic[RunnerT]):
         runner: t.Any = None,
         max_workers: int | None = None,
         max_pending: int | None = None,
-        on_full: t.Literal["block", "run", "drop"] | None = None,
+        on_full: OnFull | None = None,
         drain_timeout: float | None = None,
         max_callbacks: int = MAX_CALLBACKS,
     ) -> None:
@@ -122,6 +129,7 @@ class AfterMiddleware(t.Generic[RunnerT]):
                     " their contexts cannot be sent to another process. Use 'ThreadRunner',"
                     " or 'wsgi_after.celery.CeleryRunner' to run them in other processes."
                 )
+        lifecycle.install_server_hooks()  # uWSGI's, mod_wsgi's: nothing for users to add
         if type(max_callbacks) is not int or max_callbacks < 1:
             raise ValueError(
                 f"'max_callbacks' must be an int of at least 1, got {max_callbacks!r}."
@@ -180,5 +188,7 @@ class AfterMiddleware(t.Generic[RunnerT]):
         if closes_in_place(file_wrapper):
             self._file_class = file_wrapper
             return None
-        hook = self._file_wrapper_hook = FileWrapperHook(file_wrapper, CURRENT.get)
+        # The current request is a Chain, a ClosingResponse, while the app runs.
+        current: t.Callable[[], ClosingResponse | None] = CURRENT.get  # type: ignore[assignment]
+        hook = self._file_wrapper_hook = FileWrapperHook(file_wrapper, current)
         return hook

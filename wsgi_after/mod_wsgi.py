@@ -1,6 +1,7 @@
 """mod_wsgi hooks: drain at shutdown within what Apache allows, installed automatically.
 
-``wsgi_after`` calls :func:`install` on import when the ``mod_wsgi`` module exists;
+``wsgi_after`` calls :func:`install` (from the first middleware or runner) when the
+``mod_wsgi`` module exists;
 it subscribes to mod_wsgi's shutdown event (``mod_wsgi.subscribe_shutdown``), which
 mod_wsgi publishes in each interpreter of a daemon process as it stops: Apache
 stop or restart, ``--maximum-requests`` or ``--restart-interval`` recycling, an

@@ -50,22 +50,58 @@ listener is subscribed.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import typing as t
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import current_chain, events, lifecycle
 from .callback_stats import BoundedNames
 
-__all__ = ["ROUTE_KEY", "default_route", "instrument", "uninstrument"]
+__all__ = [
+    "ROUTE_KEY",
+    "TRACE_HEADERS",
+    "default_route",
+    "instrument",
+    "remote_trace",
+    "trace_headers",
+    "uninstrument",
+]
 
 #: The WSGI environ key holding the request's route (set by the app, or by this module).
 ROUTE_KEY = "wsgi_after.route"
 
 Route = t.Callable[[t.Mapping[str, t.Any]], "str | None"]
+
+# -- Propagation: the W3C trace context across processes (the Celery runner) ----------
+
+#: The message headers that carry the W3C trace context.
+TRACE_HEADERS = ("traceparent", "tracestate")
+_propagator = TraceContextTextMapPropagator()
+
+
+def trace_headers(context: contextvars.Context) -> dict[str, str]:
+    """The W3C trace context current in ``context`` (a callback's snapshot), as headers."""
+    carrier: dict[str, str] = {}
+    context.run(_propagator.inject, carrier)
+    return {key: value for key, value in carrier.items() if key in TRACE_HEADERS}
+
+
+@contextlib.contextmanager
+def remote_trace(headers: t.Mapping[str, object]) -> t.Iterator[None]:
+    """Make the trace context of received ``headers`` current while the block runs
+    (values that are not strings are ignored; no header: nothing changes)."""
+    carrier = {key: value for key, value in headers.items() if isinstance(value, str)}
+    token = otel_context.attach(_propagator.extract(carrier)) if carrier else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            otel_context.detach(token)
 
 
 def default_route(environ: t.Mapping[str, t.Any]) -> str | None:

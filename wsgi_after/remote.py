@@ -15,7 +15,7 @@ functions defined at module level in a module of *its own* allow list run::
 
 :func:`run_message` runs the callbacks as a request's chain (in order, each
 failure logged by name, :func:`wsgi_after.outcome` answering with the request's
-status) through the public :class:`wsgi_after.Chain`. Stdlib only.
+status) through :func:`wsgi_after._execute.run_callbacks`, as every request's. Stdlib only.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ import re
 import sys
 import typing as t
 
-from ._chain import CURRENT, Chain
+from ._context import CURRENT
+from ._execute import Received
+from ._request import Callback, RequestView
 from .naming import callback_name, safe
 
 logger = logging.getLogger("wsgi_after")
@@ -150,7 +152,7 @@ def json_arguments(
     return copied[0], copied[1]
 
 
-def make_message(chain: Chain, callbacks: list[Sent]) -> dict[str, t.Any]:
+def make_message(chain: RequestView, callbacks: list[Sent]) -> dict[str, t.Any]:
     """The JSON message for ``callbacks`` of ``chain`` (its method, path and outcome)."""
     method, path = chain.method_and_path()
     error = chain.error
@@ -242,11 +244,8 @@ def run_message(message: Message, allow: tuple[str, ...]) -> bool:
     """
     request = f"{bounded(message.method)} {bounded(message.path)}"
     environ = {"REQUEST_METHOD": bounded(message.method), "PATH_INFO": bounded(message.path, 2000)}
-    chain = Chain(environ, runner=None, start_response=None)  # type: ignore[arg-type]
-    chain.status = message.status
-    chain.completed = message.completed
-    if message.error is not None:
-        chain.error = RemoteError(*message.error)
+    error = None if message.error is None else RemoteError(*message.error)
+    chain = Received(environ, message.status, completed=message.completed, error=error)
     ok = True
     token = CURRENT.set(chain)  # so that outcome() and nested after() find this chain
     try:
@@ -262,7 +261,7 @@ def run_message(message: Message, allow: tuple[str, ...]) -> bool:
                 )
                 continue
             context = contextvars.copy_context()
-            chain.callbacks.append((func, tuple(sent.args), sent.kwargs, context))
+            chain.callbacks.append(Callback(func, tuple(sent.args), sent.kwargs, context))
     finally:
         CURRENT.reset(token)
     return chain() is not False and ok

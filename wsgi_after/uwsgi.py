@@ -1,6 +1,7 @@
 """uWSGI hooks: fork, exit and threads, installed when the app runs under uWSGI.
 
-``wsgi_after`` calls :func:`install` on import when the ``uwsgi`` module exists,
+``wsgi_after`` calls :func:`install` (from the first middleware or runner,
+:func:`wsgi_after.lifecycle.install_server_hooks`) when the ``uwsgi`` module exists,
 which is only inside a uWSGI process; nothing is needed in the app or the ini file.
 
 * **Fork**: uWSGI forks its workers from the master without running Python's

@@ -125,6 +125,12 @@ def commit(request: HttpRequest, text: str) -> HttpResponse:
     return HttpResponse("done")
 
 
+def commit_async(request: HttpRequest, text: str) -> HttpResponse:
+    with transaction.atomic():
+        after_commit(remember_async, text)
+    return HttpResponse("done")
+
+
 def nested(request: HttpRequest) -> HttpResponse:
     with transaction.atomic():
         after_commit(remember, "outer")
@@ -157,12 +163,6 @@ def view_row(request: HttpRequest) -> HttpResponse:
 def async_count(request: HttpRequest, text: str) -> HttpResponse:
     after(count_rows_async, text)
     return HttpResponse("queued")
-
-
-def commit_async(request: HttpRequest, text: str) -> HttpResponse:
-    with transaction.atomic():
-        after_commit(remember_async, text)
-    return HttpResponse("done")
 
 
 def commit_checked(request: HttpRequest, kind: str) -> HttpResponse:

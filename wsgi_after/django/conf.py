@@ -22,13 +22,14 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from ..remote import allowed_modules
+from ..runner import DEFAULT_POOL, OnFull, PoolOptions
 
-#: The keys of ``WSGI_AFTER`` and their defaults: the core's (see ``ThreadRunner``).
+#: The keys of ``WSGI_AFTER`` and their defaults: the core's (:class:`~wsgi_after.PoolOptions`).
 DEFAULTS: dict[str, object] = {
-    "MAX_WORKERS": None,  # min(32, cpu_count + 4), like ThreadPoolExecutor
-    "MAX_PENDING": 1000,
-    "ON_FULL": "block",
-    "DRAIN_TIMEOUT": 25.0,  # under gunicorn's 30 s graceful_timeout
+    "MAX_WORKERS": DEFAULT_POOL.max_workers,
+    "MAX_PENDING": DEFAULT_POOL.max_pending,
+    "ON_FULL": DEFAULT_POOL.on_full,
+    "DRAIN_TIMEOUT": DEFAULT_POOL.drain_timeout,
     "INLINE": False,
     # Where requests' callbacks go: "threads" (the pool above) or "tasks" (a
     # django.tasks backend's workers, see wsgi_after.django.tasks.TasksRunner).
@@ -38,13 +39,17 @@ DEFAULTS: dict[str, object] = {
 }
 
 
+def _setting(name: str) -> str:
+    return f"WSGI_AFTER[{name.upper()!r}]"
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
     """``WSGI_AFTER`` with every key filled in."""
 
     max_workers: int | None
     max_pending: int
-    on_full: t.Literal["block", "run", "drop"]
+    on_full: OnFull
     drain_timeout: float
     inline: bool
     runner: t.Literal["threads", "tasks"]
@@ -63,23 +68,13 @@ def problems(value: object) -> list[str]:
                 f"'WSGI_AFTER' has an unknown key {key!r}; the keys are"
                 f" {', '.join(map(repr, DEFAULTS))}."
             )
-    workers = value.get("MAX_WORKERS")
-    if workers is not None and (type(workers) is not int or workers < 1):
-        found.append(
-            f"WSGI_AFTER['MAX_WORKERS'] must be None or an int of at least 1, got {workers!r}."
-        )
-    pending = value.get("MAX_PENDING", 1000)
-    if type(pending) is not int or pending < 1:
-        found.append(f"WSGI_AFTER['MAX_PENDING'] must be an int of at least 1, got {pending!r}.")
-    on_full = value.get("ON_FULL", "block")
-    if on_full not in ("block", "run", "drop"):
-        found.append(f"WSGI_AFTER['ON_FULL'] must be 'block', 'run' or 'drop', got {on_full!r}.")
-    drain = value.get("DRAIN_TIMEOUT", 25.0)
-    # bool is not a number of seconds; 'not >= 0' refuses nan too
-    if type(drain) not in (int, float) or not drain >= 0:
-        found.append(
-            f"WSGI_AFTER['DRAIN_TIMEOUT'] must be a number of seconds of at least 0, got {drain!r}."
-        )
+    pool = PoolOptions(
+        value.get("MAX_WORKERS", DEFAULT_POOL.max_workers),
+        value.get("MAX_PENDING", DEFAULT_POOL.max_pending),
+        value.get("ON_FULL", DEFAULT_POOL.on_full),
+        value.get("DRAIN_TIMEOUT", DEFAULT_POOL.drain_timeout),
+    )
+    found.extend(pool.problems(_setting))
     inline = value.get("INLINE", False)
     if type(inline) is not bool:
         found.append(f"WSGI_AFTER['INLINE'] must be True or False, got {inline!r}.")

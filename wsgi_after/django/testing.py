@@ -38,10 +38,9 @@ class Capture:
 
     def take(self, task: t.Callable[[], object]) -> None:
         """Record the task's callbacks; run them inline, or forget them."""
-        for entry in list(getattr(task, "callbacks", [])):
-            if entry is not None:
-                func, args, kwargs, _ = entry
-                self.callbacks.append(CapturedCallback(func, args, kwargs))
+        queued = getattr(task, "queued", None)  # a request's callbacks (RequestView)
+        for entry in queued() if queued is not None else ():
+            self.callbacks.append(CapturedCallback(entry.func, entry.args, entry.kwargs))
         if self.execute:
             run_inline(task)
         else:

@@ -20,9 +20,7 @@ logged at DEBUG. Outside a transaction (autocommit) it is queued at once.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
-import inspect
 import logging
 import typing as t
 import weakref
@@ -30,6 +28,8 @@ import weakref
 from django.db import DEFAULT_DB_ALIAS, transaction
 
 from .. import OutsideRequestError, after, current_chain
+from .._execute import Received
+from .._request import Callback
 from ..naming import callback_name
 from .database import callback_scope
 from .inline import take_errors
@@ -75,7 +75,9 @@ def after_commit(
             " callbacks (one that loops over the items), or raise"
             " 'AfterMiddleware(max_callbacks=...)'."
         )
-    hook = _OnCommit(func, args, kwargs, using or DEFAULT_DB_ALIAS, pending)
+    hook = _OnCommit(
+        func, args, kwargs, using or DEFAULT_DB_ALIAS, pending, chain.method_and_path()
+    )
     transaction.on_commit(hook, using=using)
 
 
@@ -86,7 +88,17 @@ _PENDING = "wsgi_after.django.after_commit.pending"
 class _OnCommit:
     """The ``on_commit`` hook: queues the callback in the context of the ``after_commit()`` call."""
 
-    __slots__ = ("__weakref__", "alias", "args", "context", "func", "kwargs", "pending", "state")
+    __slots__ = (
+        "__weakref__",
+        "alias",
+        "args",
+        "context",
+        "func",
+        "kwargs",
+        "pending",
+        "request",
+        "state",
+    )
 
     def __init__(
         self,
@@ -95,8 +107,10 @@ class _OnCommit:
         kwargs: dict[str, t.Any],
         alias: str,
         pending: list[int],
+        request: tuple[str, str],
     ) -> None:
         self.func = func
+        self.request = request  # method and path, for the log lines of a late run
         self.args = args
         self.kwargs = kwargs
         self.alias = alias
@@ -119,8 +133,10 @@ class _OnCommit:
         except OutsideRequestError:
             # Committed after the request's response was closed: TestCase's
             # captureOnCommitCallbacks(execute=True), or a transaction that outlived
-            # the view. Run it like a chain of its own.
-            late = _LateCallback(self.func, self.args, self.kwargs, self.context)
+            # the view. Run it like a chain of its own (its outcome unknown: None).
+            method, path = self.request
+            late = Received({"REQUEST_METHOD": method, "PATH_INFO": path}, scope=callback_scope())
+            late.callbacks.append(Callback(self.func, self.args, self.kwargs, self.context.copy()))
             # In a test's transaction (captureOnCommitCallbacks(execute=True) in a
             # TestCase) the settings' runner runs it here and now, on the test's
             # connection, unless capture_after_callbacks() records it.
@@ -146,50 +162,3 @@ def _rolled_back(state: list[bool], pending: list[int], name: str, alias: str) -
             name,
             alias,
         )
-
-
-class _LateCallback:
-    """An ``after_commit()`` callback whose transaction committed after its response closed."""
-
-    def __init__(
-        self,
-        func: t.Any,
-        args: tuple[t.Any, ...],
-        kwargs: dict[str, t.Any],
-        context: contextvars.Context,
-    ) -> None:
-        self.callbacks = [(func, args, kwargs, context)]
-        self.scope = callback_scope()
-
-    def describe(self) -> str:
-        return "a transaction committed after its response"
-
-    def callback_names(self) -> list[str]:
-        return [callback_name(c[0]) for c in self.callbacks]
-
-    def discard(self) -> None:
-        self.callbacks = []
-
-    def __call__(self) -> bool:
-        for func, args, kwargs, context in self.callbacks:
-            try:
-                context.copy().run(self._call, func, args, kwargs)
-            except Exception:
-                logger.error(
-                    "Callback '%s' queued with 'after_commit()' by %s raised.",
-                    callback_name(func),
-                    self.describe(),
-                    exc_info=True,
-                )
-                return False
-        return True
-
-    def _call(self, func: t.Any, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> None:
-        with self.scope():
-            result = func(*args, **kwargs)
-            if inspect.isawaitable(result):  # a coroutine function, as after() runs it
-                asyncio.run(_await(result))
-
-
-async def _await(awaitable: t.Awaitable[object]) -> None:
-    await awaitable

@@ -34,7 +34,8 @@ from django.utils import timezone
 from django.utils.crypto import get_random_string
 
 from ... import after, current_chain
-from ...naming import callback_name
+from ..._execute import Received
+from ..._request import Callback
 from ..conf import options
 from ..database import callback_scope
 from ..inline import run_inline, take_errors
@@ -233,7 +234,7 @@ def _set(result: TaskResult[..., t.Any], **fields: object) -> None:
 
 def _outside_request(call: TaskCall) -> None:
     """Outside a request: captured, inline (raising its error), or on the pool now."""
-    job = Detached(call)
+    job = _detached(call)
     capture = active_capture()
     if capture is not None:
         capture.take(job)
@@ -248,39 +249,13 @@ def _outside_request(call: TaskCall) -> None:
         raise errors[0]
 
 
-class Detached:
-    """A task enqueued outside a request, as a runner's task (see :class:`wsgi_after.Task`)."""
-
-    def __init__(self, call: TaskCall) -> None:
-        self.callbacks: list[tuple[t.Any, tuple[()], dict[str, t.Any], contextvars.Context]] = [
-            (call, (), {}, contextvars.copy_context())
-        ]
-        self.scope = callback_scope()
-
-    def describe(self) -> str:
-        return "a task enqueued outside a request"
-
-    def callback_names(self) -> list[str]:
-        return [callback_name(entry[0]) for entry in self.callbacks]
-
-    def discard(self) -> None:
-        self.callbacks = []
-
-    def __call__(self) -> bool:
-        ok = True
-        for func, _, _, context in self.callbacks:
-            try:
-                context.copy().run(self._call, func)
-            except Exception:
-                ok = False
-                logger.error(
-                    "Task '%s' enqueued outside a request raised.",
-                    callback_name(func),
-                    exc_info=True,
-                )
-        self.callbacks = []
-        return ok
-
-    def _call(self, func: TaskCall) -> None:
-        with self.scope():
-            func()
+def _detached(call: TaskCall) -> Received:
+    """A task enqueued outside a request, as a runner's task: a request of its own,
+    run like any request's callbacks (:func:`wsgi_after._execute.run_callbacks`)."""
+    job = Received(
+        {"REQUEST_METHOD": "-", "PATH_INFO": "/"},
+        scope=callback_scope(),
+        description="a task enqueued outside a request",
+    )
+    job.callbacks.append(Callback(call, (), {}, contextvars.copy_context()))
+    return job

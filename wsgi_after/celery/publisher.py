@@ -1,81 +1,57 @@
-"""Run the same ``after()`` callbacks on a Celery cluster: :class:`CeleryRunner`.
-
-::
-
-    from celery import Celery
-    from wsgi_after import AfterMiddleware
-    from wsgi_after.celery import CeleryRunner
-
-    celery_app = Celery("shop", broker="redis://127.0.0.1:6379/0")
-    runner = CeleryRunner(celery_app, allow=["shop"])  # sets conf.wsgi_after_allow too
-    app = AfterMiddleware(app, runner=runner)
-
-Each request's chain is published as one message to the task
-``wsgi_after.run_chain`` (a shared task: every Celery app of a process that
-imports this module has it); a worker runs the callbacks in order, logging each
-failure by name, with :func:`wsgi_after.outcome` working.
-
-Safe by construction: a message names its callbacks, and the worker runs only
-Celery tasks registered on it and module-level plain functions of the modules
-its own configuration allows (``wsgi_after_allow``, never read from the message).
-Anything else is refused before it is imported: a writer to the broker cannot
-run ``os.system``. :func:`wsgi_after.after` refuses the same callbacks in the
-request, with a :class:`TypeError` naming the fix.
+"""The publishing side: :class:`CeleryRunner` turns each request's chain into a message.
 
 The arguments are encoded with the app's serializer when ``after()`` is called,
 and what is sent is what they were then. A background thread publishes, never the
 request: while the broker is down each message is retried with backoff for
 ``retry_window`` seconds. A message that cannot be published (queue full, broker
-unreachable, encoding error, shutdown) is logged by request and callback names
-only, never with its arguments, through the same aggregation as the thread
+unreachable, encoding error, shutdown) is lost: logged by request and callback
+names only, never with its arguments, through the same aggregation as the thread
 runner's drops, and its payload goes to the ``dead_letter`` hook if one is set;
 listeners of :mod:`wsgi_after.events` see each of its callbacks as ``"dropped"``
 (the queue was full) or ``"lost"`` (given up on), with this runner as ``runner``.
-The W3C trace context (``traceparent``) travels in the message headers when
-OpenTelemetry is installed.
+The W3C trace context travels in the message headers when OpenTelemetry is
+installed (:func:`wsgi_after.otel.trace_headers`).
 """
 
 from __future__ import annotations
 
 import contextvars
 import dataclasses
-import importlib
-import inspect
 import logging
-import re
-import sys
 import threading
 import time
 import typing as t
-from types import CoroutineType
 
 import celery
 import celery.exceptions
 import kombu.exceptions
 import kombu.pools
-import kombu.serialization
 
-from . import events, lifecycle
-from ._chain import CURRENT, Chain, current_chain
-from .callback_stats import CallbackStats, NameStats, for_runner
-from .losslog import LossLog
-from .naming import callback_name, safe
-from .runner import ThreadRunner
+from .. import events, lifecycle
+from .._chain import Chain
+from .._context import current_chain
+from ..callback_stats import CallbackStats, NameStats, for_runner
+from ..losslog import LossLog
+from ..naming import callback_name
+from ..runner import ThreadRunner
+from .message import (
+    TASK_NAME,
+    CallbackRef,
+    Message,
+    describe,
+    encode_arguments,
+    event_name,
+    safe_text,
+)
+from .policy import configure_allow, publishable_reference
 
+_otel_headers: t.Callable[[contextvars.Context], dict[str, str]] | None
 try:  # optional: the trace context travels only when OpenTelemetry is installed
-    from opentelemetry import context as otel_context
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    _propagator: TraceContextTextMapPropagator | None = TraceContextTextMapPropagator()
+    from ..otel import trace_headers as _otel_headers
 except ImportError:  # pragma: no cover - depends on the environment
-    _propagator = None
+    _otel_headers = None
 
 logger = logging.getLogger("wsgi_after")
-
-#: The Celery task that runs a request's callbacks on a worker.
-TASK_NAME = "wsgi_after.run_chain"
-#: The Celery configuration key listing the modules whose functions a worker may run.
-ALLOW_KEY = "wsgi_after_allow"
 
 
 class _Checked(t.NamedTuple):
@@ -97,23 +73,6 @@ _CHECKED: contextvars.ContextVar[_Checked | None] = contextvars.ContextVar(
 
 # What a dead or unreachable broker raises when publishing.
 _BROKER_ERRORS = (kombu.exceptions.OperationalError, ConnectionError, OSError)
-# Dotted names with no dunder part: 'shop.__main__' (a package's command line, run
-# on import) or 'shop.__init__' (the package imported again) would pass an allow list.
-_MODULE = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]*(\.(?!__)[A-Za-z_][A-Za-z0-9_]*)*")
-_NAME = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]*")  # module level, not a dunder
-_TRACE_HEADERS = ("traceparent", "tracestate")
-
-
-class RemoteError(Exception):
-    """The error of the request, as :func:`wsgi_after.outcome` reports it on a worker.
-
-    Only the exception's type name and message travel to the worker.
-    """
-
-    def __init__(self, type_name: str, message: str) -> None:
-        super().__init__(f"{type_name}: {message}")
-        self.type_name = type_name
-        self.message = message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,7 +151,7 @@ class CeleryRunner:
             )
         self.celery_app = celery_app
         self.queue = queue
-        self.allow = _configure_allow(celery_app, allow)
+        self.allow = configure_allow(celery_app, allow)
         self.dead_letter = dead_letter
         self.retry_window = float(retry_window)
         self.max_pending = max_pending
@@ -258,8 +217,8 @@ class CeleryRunner:
             function of a module in ``allow``, or its arguments do not serialize.
         """
         name = callback_name(func)
-        reference = _reference(func, name, self.allow)
-        snapshot = _snapshot(name, args, kwargs, self.serializer)
+        reference = publishable_reference(func, name, self.allow)
+        snapshot = encode_arguments(name, args, kwargs, self.serializer)
         if current_chain() is not None:
             _CHECKED.set(_Checked(kwargs, reference, *snapshot))
 
@@ -270,7 +229,7 @@ class CeleryRunner:
                 f"'CeleryRunner' publishes request chains only, got {type(fn).__name__!r}."
             )
         payload = self._payload(fn)
-        headers = _trace_headers(fn)
+        headers = trace_headers(fn)
         fn.discard()  # its callbacks now live in the payload
         with self._lock:
             full = self._queued >= self.max_pending
@@ -358,29 +317,23 @@ class CeleryRunner:
         method, path = chain.method_and_path()
         error = chain.error
         callbacks = []
-        for func, args, kwargs, context in filter(None, chain.callbacks):
+        for func, args, kwargs, context in chain.queued():
             checked = context.get(_CHECKED)
             if checked is not None and checked.kwargs is kwargs:
                 _, reference, sent_args, sent_kwargs = checked
             else:  # not checked by after() (another runner's chain): check it now
                 name = callback_name(func)
                 try:
-                    reference = _reference(func, name, self.allow)
+                    reference = publishable_reference(func, name, self.allow)
                 except TypeError:
                     reference = name  # the worker refuses it, and logs so
                 try:
-                    sent_args, sent_kwargs = _snapshot(name, args, kwargs, self.serializer)
+                    sent_args, sent_kwargs = encode_arguments(name, args, kwargs, self.serializer)
                 except TypeError:  # publishing fails to encode it: logged, dead-lettered
                     sent_args, sent_kwargs = list(args), kwargs
-            callbacks.append({"func": reference, "args": sent_args, "kwargs": sent_kwargs})
-        return {
-            "method": method,
-            "path": path,
-            "status": chain.status,
-            "completed": chain.sent_all(),
-            "error": None if error is None else [type(error).__name__, str(error)],
-            "callbacks": callbacks,
-        }
+            callbacks.append(CallbackRef(reference, sent_args, sent_kwargs))
+        remote = None if error is None else (type(error).__name__, str(error))
+        return Message(method, path, chain.status, chain.sent_all(), remote, callbacks).payload()
 
     def _publish(self, item: _Publish) -> bool:
         with self._lock:
@@ -391,7 +344,7 @@ class CeleryRunner:
             if self._broker_down and self._closing.is_set():
                 # Shutting down with the broker unreachable: no attempt (each may wait
                 # the app's broker_connection_timeout), so the drain ends at once.
-                return self._give_up(item.payload, self._unreachable_log)
+                return self._lose_attempted(item.payload, self._unreachable_log)
             try:
                 self.celery_app.send_task(
                     TASK_NAME,
@@ -404,24 +357,25 @@ class CeleryRunner:
                 self._broker_down = True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closing.is_set():
-                    return self._give_up(item.payload, self._unreachable_log)
+                    return self._lose_attempted(item.payload, self._unreachable_log)
                 with self._lock:
                     self._retried += 1
                 self._closing.wait(min(delay, remaining))
                 delay = min(delay * 2, 5.0)
             except kombu.exceptions.EncodeError:
-                return self._give_up(item.payload, self._encode_log)
+                return self._lose_attempted(item.payload, self._encode_log)
             except Exception:
                 # Its text may quote the payload: the traceback goes to DEBUG only.
                 logger.debug("Publishing to Celery raised.", exc_info=True)
-                return self._give_up(item.payload, self._error_log)
+                return self._lose_attempted(item.payload, self._error_log)
             else:
                 self._broker_down = False
                 with self._lock:
                     self._published += 1
                 return True
 
-    def _give_up(self, payload: dict[str, t.Any], log: LossLog) -> bool:
+    def _lose_attempted(self, payload: dict[str, t.Any], log: LossLog) -> bool:
+        """Lose a message a publish attempt failed on (counted as dead-lettered)."""
         with self._lock:
             self._dead_lettered += 1
         self._lose(payload, log, "lost")
@@ -432,10 +386,10 @@ class CeleryRunner:
     ) -> None:
         """Log a message not published, by names only, emit its callbacks' ``kind``
         events (None: the publisher did), and hand it to ``dead_letter``."""
-        request = _describe(payload)
-        log.record([_safe(c["func"]) for c in payload["callbacks"]], request)
+        request = describe(payload)
+        log.record([safe_text(c["func"]) for c in payload["callbacks"]], request)
         if kind is not None and events.listeners:
-            names = [_event_name(c["func"]) for c in payload["callbacks"]]
+            names = [event_name(c["func"]) for c in payload["callbacks"]]
             events.emit_each(kind, names, payload["method"], payload["path"], self)
         if self.dead_letter is None:
             return
@@ -473,10 +427,10 @@ class _Publish:
         return self.runner._publish(self)
 
     def describe(self) -> str:
-        return _describe(self.payload)
+        return describe(self.payload)
 
     def callback_names(self) -> list[str]:
-        return [_safe(callback["func"]) for callback in self.payload["callbacks"]]
+        return [safe_text(callback["func"]) for callback in self.payload["callbacks"]]
 
     def discard(self) -> None:
         """Nothing to release: the payload is plain data."""
@@ -514,276 +468,8 @@ def _forget_inherited_connections(celery_app: celery.Celery) -> None:
             logger.exception("Could not reset the Celery app's broker pools after fork().")
 
 
-def allowed_modules(allow: object) -> tuple[str, ...]:
-    """Check an allow list (``allow=`` or the ``wsgi_after_allow`` config key).
-
-    :raises ValueError: naming the fix, for anything but a list of module names
-        outside the standard library.
-    """
-    if isinstance(allow, str) or not isinstance(allow, (list, tuple, set, frozenset)):
-        raise ValueError(
-            f"'allow' must be a list of module names, got {type(allow).__name__!r}:"
-            " write allow=['myapp.tasks']."
-        )
-    names = []
-    for name in allow:
-        if isinstance(name, str) and (
-            name == "__main__" or name.partition(".")[0] in sys.stdlib_module_names
-        ):
-            raise ValueError(
-                f"'allow' must not list {name!r}: a writer to the broker could call its"
-                " functions. List only your own modules."
-            )
-        if not isinstance(name, str) or not _MODULE.fullmatch(name):
-            raise ValueError(f"'allow' must list module names like 'myapp.tasks', got {name!r}.")
-        names.append(name)
-    return tuple(sorted(set(names)))
-
-
-def _configure_allow(celery_app: celery.Celery, allow: t.Iterable[str] | None) -> tuple[str, ...]:
-    configured = celery_app.conf.get(ALLOW_KEY)
-    if allow is None:
-        return () if configured is None else allowed_modules(configured)
-    names = allowed_modules(list(allow) if not isinstance(allow, str) else allow)
-    if configured is None:
-        celery_app.conf[ALLOW_KEY] = list(names)  # what a worker of this app reads
-    elif allowed_modules(configured) != names:
-        raise ValueError(
-            f"'allow' {list(names)} differs from the Celery config {ALLOW_KEY!r}"
-            f" {list(allowed_modules(configured))}: set one of them."
-        )
-    return names
-
-
-def _is_allowed(module: str, allow: tuple[str, ...]) -> bool:
-    return any(module == name or module.startswith(name + ".") for name in allow)
-
-
-def _not_plain(found: object, module: str, name: str) -> str | None:
-    """Why ``found`` (``module.name``) may not run on a worker, or None."""
-    if not inspect.isfunction(found):
-        return "it is not a plain Python function"
-    if found.__module__ != module or found.__qualname__ != name:
-        return f"it is defined as '{_safe(found.__module__)}.{_safe(found.__qualname__)}'"
-    return None
-
-
-def _reference(func: t.Any, name: str, allow: tuple[str, ...]) -> str:
-    """``task:NAME`` or ``module:name`` for ``func``, or TypeError naming the fix."""
-    if isinstance(func, celery.Task):
-        return f"task:{func.name}"
-    fix = (
-        f"'after()' cannot send '{name}' to Celery: a worker runs only Celery tasks and"
-        " module-level functions of the modules in 'allow'. Define it at module level,"
-        " or make it a Celery task."
-    )
-    if type(func) is CoroutineType:
-        raise TypeError(fix.replace("Define it", "Pass the coroutine function, defined"))
-    module = getattr(func, "__module__", None)
-    qualname = getattr(func, "__qualname__", None)
-    if (
-        not inspect.isfunction(func)
-        or not isinstance(module, str)
-        or module == "__main__"  # a worker's __main__ is Celery's, not this script
-        or not isinstance(qualname, str)
-        or not _NAME.fullmatch(qualname)
-    ):
-        raise TypeError(fix)
-    if not _is_allowed(module, allow):
-        raise TypeError(
-            f"'after()' cannot send '{name}' to Celery: its module {module!r} is not in"
-            f" the runner's allow list. Add it: CeleryRunner(celery_app, allow=[{module!r}])"
-            f" (the Celery config {ALLOW_KEY!r} on the worker), or make it a Celery task."
-        )
-    found = vars(sys.modules[module]).get(qualname) if module in sys.modules else None
-    if found is not func:
-        raise TypeError(fix)
-    return f"{module}:{qualname}"
-
-
-def _snapshot(
-    name: str, args: tuple[t.Any, ...], kwargs: dict[str, t.Any], serializer: str
-) -> tuple[list[t.Any], dict[str, t.Any]]:
-    """The arguments as the worker will get them: encoded and decoded now."""
-    try:
-        content_type, encoding, data = kombu.serialization.dumps(  # type: ignore[no-untyped-call]
-            [list(args), kwargs], serializer=serializer
-        )
-        copied = kombu.serialization.loads(  # type: ignore[no-untyped-call]
-            data, content_type, encoding, accept={content_type}
-        )
-    except Exception as e:
-        raise TypeError(
-            f"'after()' cannot send the arguments of '{name}' to Celery: {e}."
-            f" Pass values the {serializer!r} serializer can encode, such as ids"
-            " rather than objects."
-        ) from None
-    return copied[0], copied[1]
-
-
-def _trace_headers(chain: Chain) -> dict[str, str]:
+def trace_headers(chain: Chain) -> dict[str, str]:
     """The W3C trace context current at the first ``after()``, for the message headers."""
-    if _propagator is None or not chain.callbacks:
+    if _otel_headers is None or not chain.callbacks:
         return {}
-    carrier: dict[str, str] = {}
-    first = next(filter(None, chain.callbacks))
-    first[3].run(_propagator.inject, carrier)
-    return {key: value for key, value in carrier.items() if key in _TRACE_HEADERS}
-
-
-def _event_name(reference: str) -> str:
-    """The ``module.qualname`` (or task name) events give a callback the message names."""
-    if reference.startswith("task:"):
-        return reference[len("task:") :]
-    return reference.replace(":", ".", 1)
-
-
-def _describe(payload: dict[str, t.Any]) -> str:
-    return f"{_safe(payload['method'])} {_safe(payload['path'])}"
-
-
-def _safe(text: object, limit: int = 200) -> str:
-    """``text`` for a log line (it may come from a forged message): escaped, bounded."""
-    text = safe(text)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-# The worker side.
-
-
-def _run_chain(task: celery.Task, payload: object) -> None:
-    """Run a request's callbacks in order, as the thread runner would.
-
-    Only what the worker's own configuration allows runs: Celery tasks registered
-    here, and plain functions defined at module level in a module of
-    ``wsgi_after_allow``. Anything else is refused before it is imported.
-    """
-    try:
-        method, path, status, completed, error, callbacks = _parse(payload)
-    except ValueError as e:
-        logger.error("Refused a %r message: %s.", TASK_NAME, e)
-        return
-    request = f"{_safe(method)} {_safe(path)}"
-    try:
-        allow = allowed_modules(task.app.conf.get(ALLOW_KEY) or ())
-    except ValueError as e:
-        logger.error("The Celery config %r is invalid (%s): only tasks run.", ALLOW_KEY, e)
-        allow = ()
-    environ = {"REQUEST_METHOD": _safe(method), "PATH_INFO": _safe(path, 2000)}
-    chain = Chain(environ, runner=None, start_response=None)  # type: ignore[arg-type]
-    chain.status = status
-    chain.completed = completed
-    if error is not None:
-        chain.error = RemoteError(*error)
-    trace_token = None
-    if _propagator is not None:
-        carrier = {key: getattr(task.request, key, None) for key in _TRACE_HEADERS}
-        carrier = {key: value for key, value in carrier.items() if isinstance(value, str)}
-        if carrier:
-            trace_token = otel_context.attach(_propagator.extract(carrier))
-    try:
-        token = CURRENT.set(chain)  # so outcome() and nested after() find this chain
-        try:
-            for reference, args, kwargs in callbacks:
-                func = _resolve(task.app, reference, allow, request)
-                if func is not None:
-                    context = contextvars.copy_context()
-                    chain.callbacks.append((func, tuple(args), kwargs, context))
-        finally:
-            CURRENT.reset(token)
-        chain()
-    finally:
-        if trace_token is not None:
-            otel_context.detach(trace_token)
-
-
-run_chain = celery.shared_task(name=TASK_NAME, bind=True, ignore_result=True)(_run_chain)
-
-
-def _parse(
-    payload: object,
-) -> tuple[
-    str,
-    str,
-    str | None,
-    bool,
-    tuple[str, str] | None,
-    list[tuple[str, list[t.Any], dict[str, t.Any]]],
-]:
-    """The fields of a message, or ValueError saying what is malformed (no values)."""
-    if not isinstance(payload, dict):
-        raise ValueError("the payload is not a mapping")
-    method, path = payload.get("method"), payload.get("path")
-    status, completed = payload.get("status"), payload.get("completed")
-    error, callbacks = payload.get("error"), payload.get("callbacks")
-    if not isinstance(method, str) or not isinstance(path, str):
-        raise ValueError("'method' and 'path' must be strings")
-    if status is not None and not isinstance(status, str):
-        raise ValueError("'status' must be a string or null")
-    if not isinstance(completed, bool):
-        raise ValueError("'completed' must be a boolean")
-    if error is not None and not (
-        isinstance(error, list) and len(error) == 2 and all(isinstance(e, str) for e in error)
-    ):
-        raise ValueError("'error' must be null or two strings")
-    if not isinstance(callbacks, list):
-        raise ValueError("'callbacks' must be a list")
-    parsed = []
-    for callback in callbacks:
-        if not isinstance(callback, dict):
-            raise ValueError("each callback must be a mapping")
-        reference, args = callback.get("func"), callback.get("args", [])
-        kwargs = callback.get("kwargs", {})
-        if not isinstance(reference, str) or not isinstance(args, list):
-            raise ValueError("each callback needs a string 'func' and a list 'args'")
-        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-            raise ValueError("each callback's 'kwargs' must map strings")
-        parsed.append((reference, args, kwargs))
-    return method, path, status, completed, None if error is None else (error[0], error[1]), parsed
-
-
-def _resolve(app: celery.Celery, reference: str, allow: tuple[str, ...], request: str) -> t.Any:
-    """The callback ``reference`` names, if this worker may run it; else log and None."""
-    problem = None
-    found: t.Any = None
-    if reference.startswith("task:"):
-        name = reference[len("task:") :]
-        found = app.tasks.get(name)
-        if name == TASK_NAME or name.startswith("celery.") or not isinstance(found, celery.Task):
-            problem = "it is not a task registered on this worker"
-    else:
-        module, _, name = reference.partition(":")
-        if not _MODULE.fullmatch(module) or not _NAME.fullmatch(name):
-            problem = "it does not name a module-level function as 'module:function'"
-        elif not _is_allowed(module, allow):
-            problem = (
-                f"module '{module}' is not in this worker's allow list"
-                f" (Celery config {ALLOW_KEY!r}: {list(allow)})"
-            )
-        else:
-            try:
-                found = vars(importlib.import_module(module)).get(name)
-            except (
-                KeyboardInterrupt,
-                celery.exceptions.WorkerShutdown,
-                celery.exceptions.WorkerTerminate,
-            ):
-                raise  # the worker itself is stopping
-            except BaseException:  # an argparse SystemExit too: the message's other callbacks run
-                logger.error(
-                    "Callback '%s' queued by '%s' cannot be imported on this worker.",
-                    _safe(reference),
-                    request,
-                    exc_info=True,
-                )
-                return None
-            problem = _not_plain(found, module, name)
-    if problem is None:
-        return found
-    logger.error(
-        "Refused callback '%s' queued by '%s': %s; it was not run.",
-        _safe(reference),
-        request,
-        problem,
-    )
-    return None
+    return _otel_headers(chain.queued()[0].context)

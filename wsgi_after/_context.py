@@ -1,0 +1,237 @@
+"""The request API: :func:`after`, :func:`outcome`, :func:`current_chain`.
+
+:class:`~wsgi_after.AfterMiddleware` makes each request's chain *current* (the
+:data:`CURRENT` context variable, and ``environ["wsgi_after.chain"]``) until the
+response is closed. :func:`after` appends to the current chain; inside a running
+callback, :func:`outcome` tells how the response ended::
+
+    from wsgi_after import after
+
+    def view(environ, start_response):
+        after(send_audit_log, environ["PATH_INFO"])
+        ...
+
+Appending and the chain's hand-over to its runner are ordered by one lock,
+:data:`handover`, so an ``after()`` from another thread either lands in the chain
+or raises, never accepted and lost; a request that queued nothing never takes it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+import threading
+import typing as t
+from types import CoroutineType
+
+from . import events
+from ._request import (
+    APPENDED,
+    OPEN,
+    RUNNING,
+    TEARDOWN,
+    WARNED_CAP,
+    WARNED_TEARDOWN,
+    Outcome,
+    RequestView,
+)
+from .naming import callback_name
+
+P = t.ParamSpec("P")
+R = t.TypeVar("R")
+
+logger = logging.getLogger("wsgi_after")
+
+#: The request being handled in this context (or whose callback runs in it). The
+#: middleware sets it and the chain resets it when the response closes;
+#: integrations read it through :func:`current_chain`.
+CURRENT: contextvars.ContextVar[RequestView | None] = contextvars.ContextVar(
+    "wsgi_after.chain", default=None
+)
+
+# Taken by after(), which marks the chain (notes & APPENDED) before it looks at
+# the state; Chain.on_close() sets CLOSING, then, for a marked chain only, takes
+# the lock once before it reads the callbacks. So an after() racing close() from
+# another thread either appended before the hand-over (and is run) or saw CLOSING
+# (and raised); a request that queued nothing never takes the lock.
+handover = threading.Lock()
+
+# Looked up once, not per after() call.
+_copy_context = contextvars.copy_context
+_get_ident = threading.get_ident
+_CO_ASYNC_GENERATOR = inspect.CO_ASYNC_GENERATOR
+
+
+class OutsideRequestError(RuntimeError):
+    """:func:`after` was called while no open request handled by the middleware is current."""
+
+
+def current_chain() -> RequestView | None:
+    """The request handled in this context, or whose callback runs in this thread;
+    None elsewhere (and once the response is closed).
+
+    Integrations read it through its documented view (:class:`RequestView`):
+    ``scope`` (which they may set while it is None), the ``environ`` snapshot,
+    ``outcome()`` and ``callback_names()``."""
+    chain = CURRENT.get()
+    if chain is None or not (chain.state == OPEN or _in_callback(chain)):
+        return None
+    return chain
+
+
+@t.overload
+def after(func: t.Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> t.Callable[P, R]: ...
+@t.overload
+def after(func: t.Coroutine[t.Any, t.Any, object], /) -> None: ...
+def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
+    """Run ``func(*args, **kwargs)`` after the current response has been sent.
+
+    The callback runs on the runner (a worker thread by default), after the
+    server has sent the response and closed it, in the order of the ``after()``
+    calls and inside a copy of the :mod:`contextvars` context current now. A
+    coroutine function, a coroutine object, or a function returning an
+    awaitable runs to completion there on its own event loop. Called from
+    inside a running callback, it appends to the same request's chain. Returns
+    ``func``, so ``@after`` over a function with no parameters queues it and
+    leaves the name bound to it.
+
+    Error policy: if the callback raises, the error is logged on the
+    ``wsgi_after`` logger with the callback's name and the request's method and
+    path, and the request's remaining callbacks still run. One request may
+    queue at most ``max_callbacks`` callbacks (1000 by default); past that,
+    ``after()`` raises in the request, and inside a callback it is refused
+    with one ERROR line. ``after()`` from the teardown of a callback's own
+    context (Flask's ``teardown_request`` runs after every callback) is ignored,
+    logged once at DEBUG: it would queue itself for ever.
+
+    :param func: a callable, or a coroutine object (then without arguments).
+    :raises TypeError: if ``func`` is neither callable nor a coroutine, is an
+        async generator function, or the runner cannot take it
+        (:class:`~wsgi_after.celery.CeleryRunner` needs importable callbacks
+        with serializable arguments).
+    :raises OutsideRequestError: if no request handled by
+        :class:`~wsgi_after.AfterMiddleware` is current here, or its response
+        was already closed.
+    :raises RuntimeError: if the request already queued ``max_callbacks``.
+    """
+    if not callable(func):
+        if type(func) is not CoroutineType:
+            raise TypeError(
+                f"'after()' needs a callable or a coroutine, got {type(func).__name__!r}."
+            )
+        if args or kwargs:
+            func.close()
+            raise TypeError(
+                "'after()' got arguments for a coroutine object. Pass the coroutine"
+                " function and its arguments instead: 'after(func, *args)'."
+            )
+    elif (code := getattr(func, "__code__", None)) is not None and (
+        code.co_flags & _CO_ASYNC_GENERATOR
+    ):
+        raise TypeError(
+            f"'after()' cannot run the async generator function '{callback_name(func)}'"
+            " to completion. Queue a coroutine function ('async def' with no 'yield')."
+        )
+    chain = CURRENT.get()
+    try:
+        if chain is None:
+            raise OutsideRequestError(
+                "'after()' was called outside a request handled by 'AfterMiddleware'."
+                " Wrap the WSGI app with 'AfterMiddleware' (Flask: 'After(app)'); in a"
+                " thread started by the view, run the thread's function in a copy of the"
+                " request's context: 'contextvars.copy_context().run(func)'."
+            )
+        check = getattr(chain.runner, "check_callback", None)
+        if check is not None:  # a runner that sends callbacks elsewhere (CeleryRunner)
+            check(func, args, kwargs)
+        entry = (func, args, kwargs, _copy_context())  # an Entry: a Callback's fields
+        handover.acquire()  # not 'with': that costs twice as much, per after()
+        try:
+            chain.notes |= APPENDED
+            state = chain.state
+            inside = state == RUNNING and chain.thread == _get_ident()
+            if state == OPEN or inside:
+                if inside and chain.notes & TEARDOWN:
+                    refused = TEARDOWN
+                elif len(chain.callbacks) >= chain.max_callbacks:
+                    refused = WARNED_CAP
+                else:
+                    if state == OPEN and not chain.callbacks:
+                        # The request's first: from now on, a chain freed unclosed logs.
+                        # wrap() switches the class too (sized), in the request's thread;
+                        # each reads the class and sets it with nothing run in between,
+                        # so they do not undo each other (an audit hook run inside the
+                        # set could: then only __len__ or this __del__ would be missing).
+                        chain.__class__ = chain.pending
+                    chain.callbacks.append(entry)
+                    refused = -1
+            else:
+                refused = 0
+        finally:
+            handover.release()
+        if refused == -1:
+            if events.listeners:
+                name = callback_name(func)
+                events.emit(events.CallbackEvent("queued", name, *chain.method_and_path()))
+            return func if type(func) is not CoroutineType else None
+        if refused == 0:
+            raise OutsideRequestError(
+                f"'after()' was called for '{chain.describe()}' after its response was"
+                " closed and its callbacks handed to the runner. Call 'after()' before the"
+                " response is closed: in the view, or while the server iterates its body."
+            )
+        if refused == WARNED_CAP and not inside:
+            raise RuntimeError(
+                f"'after()' was called more than {chain.max_callbacks} times for"
+                f" '{chain.describe()}'. Queue fewer callbacks (one that loops over the"
+                " items), or raise 'AfterMiddleware(max_callbacks=...)'."
+            )
+        _refuse_inside(chain, func, refused)
+        return func if type(func) is not CoroutineType else None
+    except BaseException:
+        if type(func) is CoroutineType:
+            func.close()
+        raise
+
+
+def _refuse_inside(chain: RequestView, func: t.Any, reason: int) -> None:
+    """Log, once per chain, that ``after()`` inside a callback was refused."""
+    if type(func) is CoroutineType:
+        func.close()
+    warned = WARNED_TEARDOWN if reason == TEARDOWN else WARNED_CAP
+    if chain.notes & warned:
+        return
+    chain.notes |= warned
+    if reason == TEARDOWN:
+        logger.debug(
+            "Ignored 'after(%s)' from the teardown of a callback's context for '%s':"
+            " teardown runs after every callback, so it would queue itself for ever.",
+            callback_name(func),
+            chain.describe(),
+        )
+    else:
+        logger.error(
+            "Refused 'after(%s)' inside a callback for '%s': the request already queued"
+            " %d callbacks (max_callbacks); this and further ones are not run.",
+            callback_name(func),
+            chain.describe(),
+            chain.max_callbacks,
+        )
+
+
+def outcome() -> Outcome | None:
+    """The :class:`Outcome` of the request whose callback is running, else None.
+
+    Inside a callback it tells how the response ended: the status code, whether
+    the body was fully sent, and the error the app raised, if any.
+    """
+    chain = CURRENT.get()
+    if chain is None or not _in_callback(chain):
+        return None
+    return chain.outcome()
+
+
+def _in_callback(chain: RequestView) -> bool:
+    """Whether this thread is running ``chain``'s callbacks now."""
+    return chain.state == RUNNING and chain.thread == _get_ident()
