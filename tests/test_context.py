@@ -36,9 +36,11 @@ def test_outside_request_raises_with_the_fix() -> None:
         after(print)
     assert str(info.value) == (
         "'after()' was called outside a request handled by 'AfterMiddleware'."
-        " Wrap the WSGI app with 'AfterMiddleware' (Flask: 'After(app)'); in a"
-        " thread started by the view, run the thread's function in a copy of the"
-        " request's context: 'contextvars.copy_context().run(func)'."
+        " Wrap the WSGI app with 'AfterMiddleware' (Flask: 'After(app)'; Django:"
+        " 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE); outside any"
+        " request (a management command, the shell, a worker), call the function"
+        " itself; in a thread started by the view, run the thread's function in a"
+        " copy of the request's context: 'contextvars.copy_context().run(func)'."
     )
     assert isinstance(info.value, RuntimeError)
 

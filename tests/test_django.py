@@ -29,7 +29,7 @@ import tests.django_project.configured  # noqa: F401  (before the models)
 from tests.django_project import views
 from tests.django_project.shop.models import Note
 from tests.helpers import call, make_environ, serve, wait_for
-from wsgi_after import AfterMiddleware, InlineRunner, Outcome, OutsideRequestError
+from wsgi_after import AfterMiddleware, InlineRunner, Outcome, OutsideRequestError, after
 from wsgi_after.celery import CeleryRunner
 from wsgi_after.django import (
     CapturedCallback,
@@ -571,3 +571,13 @@ def test_defaults_are_the_cores(settings: SettingsWrapper) -> None:
 
 def test_log_capture_level(log: pytest.LogCaptureFixture) -> None:
     assert logging.getLogger("wsgi_after").isEnabledFor(logging.DEBUG)
+
+
+def test_after_outside_a_request_names_the_django_fix_and_what_to_do_in_a_command() -> None:
+    # A management command, the shell or a worker: no request (issue 25, item 5).
+    with pytest.raises(OutsideRequestError) as info:
+        after(print)
+    assert "Django: 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE" in str(info.value)
+    assert "(a management command, the shell, a worker), call the function itself" in str(
+        info.value
+    )

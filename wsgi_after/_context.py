@@ -138,9 +138,11 @@ def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
         if chain is None:
             raise OutsideRequestError(
                 "'after()' was called outside a request handled by 'AfterMiddleware'."
-                " Wrap the WSGI app with 'AfterMiddleware' (Flask: 'After(app)'); in a"
-                " thread started by the view, run the thread's function in a copy of the"
-                " request's context: 'contextvars.copy_context().run(func)'."
+                " Wrap the WSGI app with 'AfterMiddleware' (Flask: 'After(app)'; Django:"
+                " 'wsgi_after.django.AfterMiddleware' first in MIDDLEWARE); outside any"
+                " request (a management command, the shell, a worker), call the function"
+                " itself; in a thread started by the view, run the thread's function in a"
+                " copy of the request's context: 'contextvars.copy_context().run(func)'."
             )
         check = getattr(chain.runner, "check_callback", None)
         if check is not None:  # a runner that sends callbacks elsewhere (CeleryRunner)
