@@ -454,6 +454,19 @@ def test_checks_pass_for_the_project() -> None:
     assert wsgi_after_messages() == []
 
 
+def test_deploy_check_warns_of_inline_only_under_deploy(settings: SettingsWrapper) -> None:
+    settings.WSGI_AFTER = {**getattr(settings, "WSGI_AFTER", {}), "INLINE": True}
+    deploy = checks.run_checks(include_deployment_checks=True)
+    assert [(m.id, m.msg) for m in deploy if (m.id or "").startswith("wsgi_af")] == [
+        (
+            "wsgi_after.W001",
+            "WSGI_AFTER['INLINE'] is True: every request's callbacks run in the request,"
+            " before its response is sent.",
+        )
+    ]
+    assert wsgi_after_messages() == []  # a test or development run is not warned
+
+
 def test_check_catches_a_misplaced_middleware(settings: SettingsWrapper) -> None:
     settings.MIDDLEWARE = [
         "django.middleware.security.SecurityMiddleware",

@@ -1,7 +1,8 @@
 """System checks: a bad ``WSGI_AFTER`` value, and the middleware missing or not first.
 
 Run by ``manage.py check``, ``runserver`` and the test runner once the app
-``wsgi_after.django`` is in ``INSTALLED_APPS``.
+``wsgi_after.django`` is in ``INSTALLED_APPS``; ``manage.py check --deploy`` adds
+``wsgi_after.W001`` (test-only settings left in production).
 """
 
 from __future__ import annotations
@@ -54,3 +55,19 @@ def check_middleware(app_configs: t.Any = None, **kwargs: t.Any) -> list[checks.
         return []
     check_id, message = problem
     return [checks.Error(message, hint=FIRST_HINT, id=check_id)]
+
+
+@checks.register(deploy=True)
+def check_deploy(app_configs: t.Any = None, **kwargs: t.Any) -> list[checks.CheckMessage]:
+    """``wsgi_after.W001`` (``--deploy`` only): ``INLINE`` runs callbacks in the request."""
+    value = getattr(settings, "WSGI_AFTER", {})
+    if not isinstance(value, dict) or value.get("INLINE") is not True:
+        return []
+    return [
+        checks.Warning(
+            "WSGI_AFTER['INLINE'] is True: every request's callbacks run in the request,"
+            " before its response is sent.",
+            hint="INLINE is for tests and debugging: leave it out of production settings.",
+            id="wsgi_after.W001",
+        )
+    ]
