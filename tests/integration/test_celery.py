@@ -33,6 +33,7 @@ from celery import Celery
 
 from tests.helpers import serve
 from tests.integration.celery_worker import CeleryWorker, Redis, start_worker, wait_for_text
+from tests.integration.poll import poll
 from tests.integration.servers import APPS, free_port
 from wsgi_after import AfterMiddleware, after
 from wsgi_after.celery import TASK_NAME, CeleryRunner
@@ -264,6 +265,10 @@ def test_dead_broker_keeps_responses_fast_and_publishes_later(
             latencies.append(time.monotonic() - started)
         assert max(latencies) < 0.1
         assert runner.wait_idle(0.5) is False  # still retrying
+        # The broker stays down until an attempt has failed and been retried: a first
+        # attempt still connecting (slow on a loaded machine) when the broker came back
+        # would succeed at once, and nothing would have been retried.
+        assert poll(lambda: runner.stats().retried, lambda n: n >= 1, timeout=30) >= 1
     finally:
         cluster.redis.start()
     try:
