@@ -8,6 +8,7 @@ nothing to wait on (a counter, a log line from another thread), they poll with
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import typing as t
@@ -16,6 +17,9 @@ import wsgiref.util
 from wsgi_after import after
 
 if t.TYPE_CHECKING:
+    import pathlib
+
+    import pytest
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 
@@ -144,3 +148,25 @@ class Returns:
             self.results.append(fn())
         except BaseException as e:  # the test looks at it
             self.results.append(e)
+
+
+def package_with_a_command_line(
+    tmp_path: pathlib.Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> pathlib.Path:
+    """A package ``name`` on ``sys.path`` whose ``__main__`` and ``cli`` modules exit on import.
+
+    What a forged ``name.__main__:x`` would run on a worker allowing ``name``. Returns
+    the file its ``__main__`` creates when it is imported.
+    """
+    package = tmp_path / name
+    package.mkdir()
+    marker = tmp_path / "cli-ran"
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(
+        f"open({str(marker)!r}, 'a').close()\nraise SystemExit(2)\n"
+    )
+    (package / "cli.py").write_text("raise SystemExit(2)  # argparse with no arguments\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module in (name, f"{name}.__main__", f"{name}.__init__", f"{name}.cli"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    return marker

@@ -18,7 +18,7 @@ from django.core.handlers.wsgi import WSGIRequest
 from django.views.debug import ExceptionReporter
 
 import tests.django_project.configured  # noqa: F401  (Django's error report, below)
-from tests.helpers import TIMEOUT, serve, wait_for
+from tests.helpers import TIMEOUT, package_with_a_command_line, serve, wait_for
 from wsgi_after import AfterMiddleware, after, events
 from wsgi_after.callback_stats import NameStats
 from wsgi_after.celery import (
@@ -153,19 +153,19 @@ def test_unserializable_arguments_are_refused(runner: CeleryRunner) -> None:
         ),
         pytest.param(
             ["os"],
-            "'allow' must not list 'os': a writer to the broker could call its functions."
+            "'allow' must not list 'os': a writer of the queue could call its functions."
             " List only your own modules.",
             id="stdlib",
         ),
         pytest.param(
             ["subprocess"],
-            "'allow' must not list 'subprocess': a writer to the broker could call its"
+            "'allow' must not list 'subprocess': a writer of the queue could call its"
             " functions. List only your own modules.",
             id="subprocess",
         ),
         pytest.param(
             ["__main__"],
-            "'allow' must not list '__main__': a writer to the broker could call its"
+            "'allow' must not list '__main__': a writer of the queue could call its"
             " functions. List only your own modules.",
             id="__main__",
         ),
@@ -456,17 +456,7 @@ def test_the_worker_never_imports_a_dunder_module_and_survives_an_import_that_ex
     # With allow=['shop'], 'shop.__main__:x' matched the allow list: importing it ran the
     # package's command line, whose argparse SystemExit escaped (only Exception was
     # caught) and lost every callback of the message (issue 21, item 1).
-    package = tmp_path / "shop_21"
-    package.mkdir()
-    marker = tmp_path / "cli-ran"
-    (package / "__init__.py").write_text("")
-    (package / "__main__.py").write_text(
-        f"open({str(marker)!r}, 'a').close()\nraise SystemExit(2)\n"
-    )
-    (package / "cli.py").write_text("raise SystemExit(2)  # argparse with no arguments\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for name in ("shop_21", "shop_21.__main__", "shop_21.__init__", "shop_21.cli"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    marker = package_with_a_command_line(tmp_path, "shop_21", monkeypatch)
     RAN.clear()
     run_on_worker(
         message(
@@ -521,7 +511,7 @@ def test_forged_names_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture) -
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        pytest.param([], "the payload is not a mapping", id="list"),
+        pytest.param([], "the message is not a mapping", id="list"),
         pytest.param({**message(), "method": 1}, "'method' and 'path' must be strings", id="m"),
         pytest.param({**message(), "completed": "yes"}, "'completed' must be a boolean", id="c"),
         pytest.param(

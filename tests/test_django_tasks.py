@@ -10,8 +10,10 @@ from __future__ import annotations
 import collections.abc
 import datetime
 import os
+import pathlib
 import re
 import socket
+import sys
 import threading
 import typing as t
 
@@ -22,7 +24,7 @@ from django.test import Client, override_settings
 import tests.django_project.configured  # noqa: F401  (before the models)
 from tests.django_project import tasks, views
 from tests.django_project.shop.models import Note
-from tests.helpers import serve
+from tests.helpers import package_with_a_command_line, serve
 from wsgi_after import AfterMiddleware, InlineRunner, Outcome, after
 from wsgi_after.django import capture_after_callbacks
 from wsgi_after.django.conf import options
@@ -338,6 +340,7 @@ def test_the_tasks_runner_enqueues_one_task_per_request(
     assert row.backend_name == "durable"
     [message] = row.args_kwargs["args"]
     assert message == {
+        "version": 1,
         "method": "GET",
         "path": "/note/row",
         "status": "200 OK",
@@ -375,6 +378,50 @@ def test_the_tasks_runner_refuses_a_lambda(settings: SettingsWrapper) -> None:
     settings.WSGI_AFTER = TASKS_RUNNER
     with pytest.raises(TypeError, match="Define it at module level"):
         runner_check(lambda: None, ())
+
+
+def test_the_tasks_worker_never_imports_a_dunder_module_of_an_allowed_package(
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: SettingsWrapper,
+    recorded: list[t.Any],
+    log: pytest.LogCaptureFixture,
+) -> None:
+    # 'shop.__main__:x' passed the allow list ['shop'] of a django.tasks worker and ran the
+    # package's command line on import; its SystemExit lost the message's other callbacks.
+    marker = package_with_a_command_line(tmp_path, "shop_tasks", monkeypatch)
+    settings.WSGI_AFTER = {**TASKS_RUNNER, "ALLOW": ["shop_tasks", "tests.django_project.views"]}
+    message = {
+        "method": "POST",
+        "path": "/forged",
+        "status": "200 OK",
+        "completed": True,
+        "error": None,
+        "callbacks": [
+            {"func": f"shop_tasks.{part}:x", "args": [], "kwargs": {}}
+            for part in ("__main__", "__init__", "cli")
+        ]
+        + [{"func": "tests.django_project.views:remember", "args": ["ran"], "kwargs": {}}],
+    }
+    from wsgi_after.django.tasks.worker import CallbacksFailed, run_callbacks
+
+    try:
+        with pytest.raises(CallbacksFailed, match="failed or was refused"):
+            run_callbacks.call(message)  # what the backend's worker does
+    finally:
+        for name in ("shop_tasks", "shop_tasks.cli"):
+            sys.modules.pop(name, None)
+    assert items(recorded) == ["ran"]
+    assert not marker.exists()  # its __main__ never ran
+    assert "shop_tasks.__init__" not in sys.modules
+    assert [m for m in log.messages if "shop_tasks" in m] == [
+        *(
+            f"Refused callback 'shop_tasks.{part}:x' queued by 'POST /forged': it does not"
+            " name a module-level function as 'module:function'; it was not run."
+            for part in ("__main__", "__init__")
+        ),
+        "Callback 'shop_tasks.cli:x' queued by 'POST /forged' cannot be imported on this worker.",
+    ]
 
 
 def runner_check(func: t.Any, args: tuple[t.Any, ...]) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import collections.abc
+import pathlib
 import re
+import sys
 import typing as t
 
 import pytest
 
+from tests.helpers import package_with_a_command_line
 from wsgi_after import Outcome, after, outcome, remote
 
 ALLOW = ("tests.test_remote",)
@@ -171,3 +174,36 @@ def test_run_message_logs_a_failure_by_name_and_runs_the_rest(
         "Callback 'tests.test_remote.fails' queued by 'POST /orders' raised RuntimeError."
         in log.messages
     )
+
+
+def test_run_message_never_imports_a_dunder_module_and_survives_an_import_that_exits(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, log: pytest.LogCaptureFixture
+) -> None:
+    # With ALLOW=['shop'], 'shop.__main__:x' matched the allow list: importing it ran the
+    # package's command line, and an argparse SystemExit (only Exception was caught) left
+    # run_message, so the message's other callbacks never ran: Celery's worker had the fix.
+    marker = package_with_a_command_line(tmp_path, "shop_dup", monkeypatch)
+    parsed = remote.parse_message(
+        message(
+            ("shop_dup.__main__:x", []),
+            ("shop_dup.__init__:x", []),
+            ("shop_dup.cli:x", []),
+            ("tests.test_remote:record", ["still runs"]),
+        )
+    )
+    try:
+        assert remote.run_message(parsed, ("shop_dup", *ALLOW)) is False
+    finally:
+        for name in ("shop_dup", "shop_dup.cli"):
+            sys.modules.pop(name, None)
+    assert [value for value, _ in seen] == ["still runs"]
+    assert not marker.exists()  # its __main__ never ran
+    assert "shop_dup.__init__" not in sys.modules
+    assert log.messages[:3] == [
+        *(
+            f"Refused callback 'shop_dup.{dunder}:x' queued by 'POST /orders': it does not name"
+            " a module-level function as 'module:function'; it was not run."
+            for dunder in ("__main__", "__init__")
+        ),
+        "Callback 'shop_dup.cli:x' queued by 'POST /orders' cannot be imported on this worker.",
+    ]

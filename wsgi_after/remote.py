@@ -1,15 +1,17 @@
-"""Callbacks run by another process: the allow-list policy, the message, the replay.
+"""Callbacks run by another process: the message, and its replay as a request's chain.
 
 A runner that hands a request's callbacks to another process (a ``django.tasks``
 backend's worker) sends a *message* naming each callback as ``module:function``
-with JSON arguments. The process that runs it trusts nothing in it: only plain
-functions defined at module level in a module of *its own* allow list run::
+with JSON arguments (:class:`Message`, a named, versioned record; Celery's
+messages are the same record). The process that runs it trusts nothing in it:
+only plain functions defined at module level in a module of *its own* allow list
+run (:mod:`wsgi_after.allowlist`, the one policy)::
 
     from wsgi_after import remote
 
     allow = remote.allowed_modules(["shop.tasks"])
     reference = remote.reference(send_receipt, allow, who="TasksRunner")  # in the request
-    message = remote.make_message(chain, [remote.Sent(reference, [order_id], {})])
+    message = remote.make_message(chain, [remote.CallbackRef(reference, [order_id], {})])
     ...
     remote.run_message(remote.parse_message(message), allow)  # on the worker
 
@@ -21,23 +23,20 @@ status) through :func:`wsgi_after._execute.run_callbacks`, as every request's. S
 from __future__ import annotations
 
 import contextvars
-import importlib
-import inspect
 import json
 import logging
-import re
-import sys
 import typing as t
 
+from . import allowlist
 from ._context import CURRENT
 from ._execute import Received
 from ._request import Callback, RequestView
-from .naming import callback_name, safe
+from .naming import callback_name
 
 logger = logging.getLogger("wsgi_after")
 
-_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-_NAME = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]*")  # module level, not a dunder
+#: The version of the message format this module writes and reads.
+VERSION = 1
 
 
 class RemoteError(Exception):
@@ -52,53 +51,59 @@ class RemoteError(Exception):
         self.message = message
 
 
-class Sent(t.NamedTuple):
-    """One callback as the message carries it: ``module:function`` and JSON arguments."""
+class CallbackRef(t.NamedTuple):
+    """One callback of a message: what it names and its encoded arguments."""
 
-    func: str
+    #: ``module:function`` (or, for Celery, ``task:NAME``).
+    reference: str
     args: list[t.Any]
     kwargs: dict[str, t.Any]
 
+    def payload(self) -> dict[str, t.Any]:
+        """The JSON-able dict the message carries for it."""
+        return {"func": self.reference, "args": self.args, "kwargs": self.kwargs}
+
 
 class Message(t.NamedTuple):
-    """A request's callbacks and the request's outcome, as the other process reads them."""
+    """A request's chain on the wire: how the response ended, and the callbacks.
+
+    Version 1: ``{"version": 1, "method", "path", "status", "completed", "error":
+    null | [type name, message], "callbacks": [{"func", "args", "kwargs"}]}``. A
+    payload without ``version`` (0.1's, or a ``TasksRunner`` row of 0.2) is read
+    as version 1.
+    """
 
     method: str
     path: str
+    #: The status line the client got, or None.
     status: str | None
+    #: Whether the body was fully sent.
     completed: bool
+    #: The error the app raised, as its type name and message, or None.
     error: tuple[str, str] | None
-    callbacks: list[Sent]
+    callbacks: list[CallbackRef]
+    version: int = VERSION
+
+    def payload(self) -> dict[str, t.Any]:
+        """The JSON-able dict that is sent (and given to a dead-letter hook)."""
+        return {
+            "version": self.version,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "completed": self.completed,
+            "error": None if self.error is None else list(self.error),
+            "callbacks": [c.payload() for c in self.callbacks],
+        }
 
 
 def allowed_modules(allow: object, *, setting: str = "allow") -> tuple[str, ...]:
-    """Check an allow list: module names outside the standard library.
+    """Check an allow list: see :func:`wsgi_after.allowlist.allowed_modules`.
 
     :param setting: how the caller's users name the list, for the error text.
-    :raises ValueError: naming the fix, for anything else.
+    :raises ValueError: naming the fix.
     """
-    if isinstance(allow, str) or not isinstance(allow, (list, tuple, set, frozenset)):
-        raise ValueError(
-            f"{setting} must be a list of module names, got {type(allow).__name__!r}:"
-            " write ['myapp.tasks']."
-        )
-    names = []
-    for name in allow:
-        if not isinstance(name, str) or not _MODULE.fullmatch(name):
-            raise ValueError(f"{setting} must list module names like 'myapp.tasks', got {name!r}.")
-        top = name.partition(".")[0]
-        if name == "__main__" or top in sys.stdlib_module_names:
-            raise ValueError(
-                f"{setting} must not list {name!r}: a writer of the queue could call its"
-                " functions. List only your own modules."
-            )
-        names.append(name)
-    return tuple(sorted(set(names)))
-
-
-def is_allowed(module: str, allow: tuple[str, ...]) -> bool:
-    """Whether ``module`` is one of ``allow`` or a submodule of one."""
-    return any(module == name or module.startswith(name + ".") for name in allow)
+    return allowlist.allowed_modules(allow, setting=setting, example="['myapp.tasks']")
 
 
 def reference(func: object, allow: tuple[str, ...], *, who: str, fix: str) -> str:
@@ -108,26 +113,20 @@ def reference(func: object, allow: tuple[str, ...], *, who: str, fix: str) -> st
     :param fix: how its users add a module to the allow list.
     """
     name = callback_name(func)
-    module = getattr(func, "__module__", None)
-    qualname = getattr(func, "__qualname__", None)
-    if (
-        not inspect.isfunction(func)
-        or not isinstance(module, str)
-        or module == "__main__"  # a worker's __main__ is not this script
-        or not isinstance(qualname, str)
-        or not _NAME.fullmatch(qualname)
-    ):
+    problem = allowlist.refusal(func, allow)
+    module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
+    if problem == "shape":
         raise TypeError(
             f"'after()' cannot send '{name}' through {who}: its worker runs only"
             " module-level functions of the modules in the allow list. Define it at"
             " module level."
         )
-    if not is_allowed(module, allow):
+    if problem == "module":
         raise TypeError(
             f"'after()' cannot send '{name}' through {who}: its module {module!r} is not"
             f" in the allow list. Add it: {fix.format(module=module)}."
         )
-    if module not in sys.modules or vars(sys.modules[module]).get(qualname) is not func:
+    if problem == "name":
         raise TypeError(
             f"'after()' cannot send '{name}' through {who}: '{module}.{qualname}' is not"
             " this function. Define it at module level under its own name."
@@ -152,18 +151,12 @@ def json_arguments(
     return copied[0], copied[1]
 
 
-def make_message(chain: RequestView, callbacks: list[Sent]) -> dict[str, t.Any]:
-    """The JSON message for ``callbacks`` of ``chain`` (its method, path and outcome)."""
+def make_message(chain: RequestView, callbacks: list[CallbackRef]) -> dict[str, t.Any]:
+    """The payload for ``callbacks`` of ``chain`` (its method, path and outcome)."""
     method, path = chain.method_and_path()
     error = chain.error
-    return {
-        "method": method,
-        "path": path,
-        "status": chain.status,
-        "completed": chain.sent_all(),
-        "error": None if error is None else [type(error).__name__, str(error)],
-        "callbacks": [dict(c._asdict()) for c in callbacks],
-    }
+    pair = None if error is None else (type(error).__name__, str(error))
+    return Message(method, path, chain.status, chain.sent_all(), pair, callbacks).payload()
 
 
 def describe(message: t.Mapping[str, t.Any]) -> str:
@@ -171,19 +164,19 @@ def describe(message: t.Mapping[str, t.Any]) -> str:
     return f"{bounded(message.get('method'))} {bounded(message.get('path'))}"
 
 
-def bounded(text: object, limit: int = 200) -> str:
-    """``text`` for a log line (it may come from a forged message): escaped, bounded."""
-    text = safe(text)
-    return text if len(text) <= limit else text[:limit] + "..."
+bounded = allowlist.bounded
 
 
-def parse_message(message: object) -> Message:
-    """The fields of a message, or :class:`ValueError` saying what is malformed (no values)."""
-    if not isinstance(message, dict):
+def parse_message(payload: object) -> Message:
+    """The :class:`Message` of a payload, or ValueError saying what is malformed (no values)."""
+    if not isinstance(payload, dict):
         raise ValueError("the message is not a mapping")
-    method, path = message.get("method"), message.get("path")
-    status, completed = message.get("status"), message.get("completed")
-    error, callbacks = message.get("error"), message.get("callbacks")
+    version = payload.get("version", VERSION)
+    if type(version) is not int or version != VERSION:
+        raise ValueError(f"'version' must be {VERSION} (this worker's message format)")
+    method, path = payload.get("method"), payload.get("path")
+    status, completed = payload.get("status"), payload.get("completed")
+    error, callbacks = payload.get("error"), payload.get("callbacks")
     if not isinstance(method, str) or not isinstance(path, str):
         raise ValueError("'method' and 'path' must be strings")
     if status is not None and not isinstance(status, str):
@@ -200,36 +193,15 @@ def parse_message(message: object) -> Message:
     for callback in callbacks:
         if not isinstance(callback, dict):
             raise ValueError("each callback must be a mapping")
-        func, args, kwargs = callback.get("func"), callback.get("args", []), callback.get("kwargs")
-        if not isinstance(func, str) or not isinstance(args, list):
+        reference, args = callback.get("func"), callback.get("args", [])
+        kwargs = callback.get("kwargs", {})
+        if not isinstance(reference, str) or not isinstance(args, list):
             raise ValueError("each callback needs a string 'func' and a list 'args'")
-        if kwargs is None:
-            kwargs = {}
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             raise ValueError("each callback's 'kwargs' must map strings")
-        parsed.append(Sent(func, args, kwargs))
-    return Message(
-        method, path, status, completed, None if error is None else (error[0], error[1]), parsed
-    )
-
-
-def resolve(func: str, allow: tuple[str, ...]) -> tuple[t.Any, str | None]:
-    """The function ``func`` (``module:function``) names and None, or None and why it
-    may not run here. A module outside ``allow`` is never imported."""
-    module, _, name = func.partition(":")
-    if not _MODULE.fullmatch(module) or not _NAME.fullmatch(name):
-        return None, "it does not name a module-level function as 'module:function'"
-    if not is_allowed(module, allow):
-        return None, f"module '{module}' is not in this worker's allow list {list(allow)}"
-    try:
-        found = vars(importlib.import_module(module)).get(name)
-    except Exception as e:
-        return None, f"importing module '{module}' raised {type(e).__name__}"
-    if not inspect.isfunction(found):
-        return None, "it is not a plain Python function"
-    if found.__module__ != module or found.__qualname__ != name:
-        return None, f"it is defined as '{bounded(found.__module__)}.{bounded(found.__qualname__)}'"
-    return found, None
+        parsed.append(CallbackRef(reference, args, kwargs))
+    pair = None if error is None else (error[0], error[1])
+    return Message(method, path, status, completed, pair, parsed)
 
 
 def run_message(message: Message, allow: tuple[str, ...]) -> bool:
@@ -250,15 +222,9 @@ def run_message(message: Message, allow: tuple[str, ...]) -> bool:
     token = CURRENT.set(chain)  # so that outcome() and nested after() find this chain
     try:
         for sent in message.callbacks:
-            func, problem = resolve(sent.func, allow)
-            if problem is not None:
+            func = allowlist.resolve(sent.reference, allow, request, shown=f" {list(allow)}")
+            if func is None:
                 ok = False
-                logger.error(
-                    "Refused callback '%s' queued by '%s': %s; it was not run.",
-                    bounded(sent.func),
-                    request,
-                    problem,
-                )
                 continue
             context = contextvars.copy_context()
             chain.callbacks.append(Callback(func, tuple(sent.args), sent.kwargs, context))

@@ -17,8 +17,10 @@ failure by name, with :func:`wsgi_after.outcome` working.
 
 The package follows its trust boundary:
 
-* :mod:`~wsgi_after.celery.policy`: what a worker may run (the one file to audit);
-* :mod:`~wsgi_after.celery.message`: the message, a named and versioned record;
+* :mod:`~wsgi_after.celery.policy`: what a worker may run (the rules are
+  :mod:`wsgi_after.allowlist`'s, the one file to audit);
+* :mod:`~wsgi_after.celery.message`: the message (:mod:`wsgi_after.remote`'s
+  named and versioned record) and its kombu encoding;
 * :mod:`~wsgi_after.celery.publisher`: :class:`CeleryRunner`, in the web process;
 * :mod:`~wsgi_after.celery.worker`: the task that runs a message on a worker.
 

@@ -33,11 +33,11 @@ from .._context import current_chain
 from ..callback_stats import CallbackStats, NameStats, for_runner
 from ..losslog import LossLog
 from ..naming import callback_name
+from ..remote import make_message
 from ..runner import ThreadRunner
 from .message import (
     TASK_NAME,
     CallbackRef,
-    Message,
     describe,
     encode_arguments,
     event_name,
@@ -316,8 +316,6 @@ class CeleryRunner:
         )
 
     def _payload(self, chain: Chain) -> dict[str, t.Any]:
-        method, path = chain.method_and_path()
-        error = chain.error
         callbacks = []
         for func, args, kwargs, context in chain.queued():
             checked = context.get(_CHECKED)
@@ -334,8 +332,7 @@ class CeleryRunner:
                 except TypeError:  # publishing fails to encode it: logged, dead-lettered
                     sent_args, sent_kwargs = list(args), kwargs
             callbacks.append(CallbackRef(reference, sent_args, sent_kwargs))
-        remote = None if error is None else (type(error).__name__, str(error))
-        return Message(method, path, chain.status, chain.sent_all(), remote, callbacks).payload()
+        return make_message(chain, callbacks)
 
     def _publish(self, item: _Publish) -> bool:
         with self._lock:

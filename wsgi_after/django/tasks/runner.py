@@ -81,10 +81,12 @@ class TasksRunner:
         if chain is not None and chain.environ is not None:
             chain.environ.setdefault(SENT_KEY, []).append((func, sent))
 
-    def _sent(self, func: t.Any, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> remote.Sent:
+    def _sent(
+        self, func: t.Any, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
+    ) -> remote.CallbackRef:
         reference = remote.reference(func, options().allow, who=WHO, fix=FIX)
         sent_args, sent_kwargs = remote.json_arguments(callback_name(func), args, kwargs, who=WHO)
-        return remote.Sent(reference, sent_args, sent_kwargs)
+        return remote.CallbackRef(reference, sent_args, sent_kwargs)
 
     def submit(self, chain: t.Callable[[], object], /) -> None:
         """Enqueue the chain's callbacks as one task, now; log it if that fails."""
@@ -115,8 +117,7 @@ class TasksRunner:
         else:  # a late after_commit() callback: no request of its own
             checked = iter(())
             describe = getattr(chain, "describe", lambda: "?")
-            base = {"method": "-", "path": describe(), "status": None, "completed": True}
-            base.update(error=None, callbacks=[])
+            base = remote.Message("-", describe(), None, True, None, []).payload()
         item = next(checked, None)
         refused = []
         for func, args, kwargs, _ in entries:
@@ -129,7 +130,7 @@ class TasksRunner:
                 except TypeError:
                     refused.append(callback_name(func))
                     continue
-            base["callbacks"].append(dict(sent._asdict()))
+            base["callbacks"].append(sent.payload())
         if refused:
             self._lose({**base, "callbacks": [{"func": name} for name in refused]}, self._refused)
         return base
