@@ -194,6 +194,7 @@ REFERENCE_MODULES = [
     "wsgi_after.django.tasks",
     "wsgi_after.celery",
     "wsgi_after.remote",
+    "wsgi_after.allowlist",
     "wsgi_after.events",
     "wsgi_after.callback_stats",
     "wsgi_after.otel",
