@@ -55,6 +55,19 @@ def test_bad_config_value_names_the_allowed_ones() -> None:
         After(app)
 
 
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_after_inline_must_be_a_bool(value: object) -> None:
+    # "false" read from the environment was true: every callback ran in close().
+    app = Flask(__name__)
+    app.config["AFTER_INLINE"] = value
+    with pytest.raises(ValueError, match=r"^'AFTER_INLINE' must be True or False") as info:
+        After(app)
+    assert str(info.value) == (
+        f"'AFTER_INLINE' must be True or False, got {value!r}. Convert a setting read from"
+        " the environment to a bool first."
+    )
+
+
 def test_second_init_app_is_refused() -> None:
     app = Flask(__name__)
     After(app)

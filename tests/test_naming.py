@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from wsgi_after.naming import callback_name, describe_request, safe
@@ -47,3 +49,14 @@ def test_callback_name_of_functions_and_other_callables() -> None:
     assert callback_name(Job()).endswith(
         "test_callback_name_of_functions_and_other_callables.<locals>.Job"
     )
+
+
+def send_receipt(order: int) -> None:
+    pass
+
+
+def test_a_partial_is_named_by_the_function_it_calls() -> None:
+    # A dropped or failed partial was logged as 'functools.partial': not which callback.
+    assert callback_name(functools.partial(send_receipt, 7)) == "tests.test_naming.send_receipt"
+    nested = functools.partial(functools.partial(send_receipt), 7)
+    assert callback_name(nested) == "tests.test_naming.send_receipt"

@@ -142,7 +142,13 @@ class After:
             app.config.setdefault(key, value)
         runner = self.runner
         if runner is None:
-            if app.config["AFTER_INLINE"]:
+            inline = app.config["AFTER_INLINE"]
+            if not isinstance(inline, bool):  # "false" from the environment is true
+                raise ValueError(
+                    f"'AFTER_INLINE' must be True or False, got {inline!r}. Convert a"
+                    " setting read from the environment to a bool first."
+                )
+            if inline:
                 runner = InlineRunner()
             else:
                 runner = ThreadRunner(

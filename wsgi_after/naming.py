@@ -13,6 +13,7 @@ UTF-8 the client sent::
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import typing as t
 
@@ -46,9 +47,12 @@ def safe(text: object) -> str:
 
 
 def callback_name(func: object) -> str:
-    """``module.qualname`` of a callback (its type's for other callables)."""
+    """``module.qualname`` of a callback: a partial's function's (the log names what was
+    lost, not ``functools.partial``), and its type's for other callables."""
     name = getattr(func, "__qualname__", None)
     if not isinstance(name, str):
+        if isinstance(func, functools.partial):  # named by the function it calls
+            return callback_name(func.func)
         func = type(func)
         name = func.__qualname__
     module = getattr(func, "__module__", None)
