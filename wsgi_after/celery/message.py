@@ -46,10 +46,12 @@ def encode_arguments(
 ) -> tuple[list[t.Any], dict[str, t.Any]]:
     """The arguments as the worker will get them: encoded and decoded now."""
     try:
-        content_type, encoding, data = kombu.serialization.dumps(  # type: ignore[no-untyped-call]
+        # The lock's kombu is typed, Celery 5.3.0's (kombu 5.3, nox's oldest cell) is not.
+        dumps, loads = kombu.serialization.dumps, kombu.serialization.loads
+        content_type, encoding, data = dumps(  # type: ignore[no-untyped-call,unused-ignore]
             [list(args), kwargs], serializer=serializer
         )
-        copied = kombu.serialization.loads(  # type: ignore[no-untyped-call]
+        copied = loads(  # type: ignore[no-untyped-call,unused-ignore]
             data, content_type, encoding, accept={content_type}
         )
     except Exception as e:
