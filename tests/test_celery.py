@@ -113,7 +113,11 @@ in_main.__module__ = "__main__"
         pytest.param(print, "builtins.print", id="builtin"),
         pytest.param(os.system, "posix.system", id="os.system"),
         pytest.param(subprocess.run, "subprocess.run", id="subprocess.run"),
-        pytest.param(functools.partial(module_level, 1), "functools.partial", id="partial"),
+        pytest.param(
+            functools.partial(module_level, 1),
+            f"functools.partial({HERE}.module_level)",
+            id="partial",
+        ),
     ],
 )
 def test_callbacks_a_worker_would_refuse_are_refused(

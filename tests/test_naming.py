@@ -55,8 +55,8 @@ def send_receipt(order: int) -> None:
     pass
 
 
-def test_a_partial_is_named_by_the_function_it_calls() -> None:
+def test_a_partial_is_named_with_the_function_it_calls() -> None:
     # A dropped or failed partial was logged as 'functools.partial': not which callback.
-    assert callback_name(functools.partial(send_receipt, 7)) == "tests.test_naming.send_receipt"
-    nested = functools.partial(functools.partial(send_receipt), 7)
-    assert callback_name(nested) == "tests.test_naming.send_receipt"
+    name = "functools.partial(tests.test_naming.send_receipt)"
+    assert callback_name(functools.partial(send_receipt, 7)) == name
+    assert callback_name(functools.partial(functools.partial(send_receipt), 7)) == name

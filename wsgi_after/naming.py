@@ -47,12 +47,13 @@ def safe(text: object) -> str:
 
 
 def callback_name(func: object) -> str:
-    """``module.qualname`` of a callback: a partial's function's (the log names what was
-    lost, not ``functools.partial``), and its type's for other callables."""
+    """``module.qualname`` of a callback, its type's for other callables; a partial is
+    ``functools.partial(module.qualname)`` of the function it calls, so that a log line
+    names what was lost."""
     name = getattr(func, "__qualname__", None)
     if not isinstance(name, str):
-        if isinstance(func, functools.partial):  # named by the function it calls
-            return callback_name(func.func)
+        if isinstance(func, functools.partial):  # and the function it calls
+            return f"functools.partial({callback_name(func.func)})"
         func = type(func)
         name = func.__qualname__
     module = getattr(func, "__module__", None)
