@@ -13,6 +13,7 @@ After the response, on wsgi_after's runner::
 Modules: :mod:`~wsgi_after.django.tasks.backend` (:class:`AfterResponseBackend`),
 :mod:`~wsgi_after.django.tasks.runner` (:class:`TasksRunner`),
 :mod:`~wsgi_after.django.tasks.worker` (the task the backend's worker runs),
+:mod:`~wsgi_after.django.tasks.envelope` (messages any JSON store keeps, NUL included),
 :mod:`~wsgi_after.django.tasks.compat` (``django.tasks`` or ``django_tasks``).
 """
 
