@@ -19,6 +19,7 @@ Modules: :mod:`~wsgi_after.django.tasks.backend` (:class:`AfterResponseBackend`)
 
 from .backend import AfterResponseBackend as AfterResponseBackend
 from .backend import TaskCall as TaskCall
+from .backend import TaskNotRun as TaskNotRun
 from .runner import TasksRunner as TasksRunner
 
-__all__ = ["AfterResponseBackend", "TaskCall", "TasksRunner"]
+__all__ = ["AfterResponseBackend", "TaskCall", "TaskNotRun", "TasksRunner"]
