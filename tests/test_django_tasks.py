@@ -8,7 +8,9 @@ real ``db_worker`` and gunicorn are in ``tests/integration/test_django_tasks.py`
 from __future__ import annotations
 
 import collections.abc
+import contextvars
 import datetime
+import gc
 import os
 import pathlib
 import re
@@ -25,11 +27,11 @@ import tests.django_project.configured  # noqa: F401  (before the models)
 from tests.django_project import tasks, views
 from tests.django_project.shop.models import Note
 from tests.helpers import package_with_a_command_line, serve
-from wsgi_after import AfterMiddleware, InlineRunner, Outcome, after
+from wsgi_after import AfterMiddleware, InlineRunner, Outcome, ThreadRunner, after
 from wsgi_after.django import capture_after_callbacks
 from wsgi_after.django.conf import options
 from wsgi_after.django.runner import thread_runner
-from wsgi_after.django.tasks import AfterResponseBackend, TaskCall, TasksRunner
+from wsgi_after.django.tasks import AfterResponseBackend, TaskCall, TaskNotRun, TasksRunner
 from wsgi_after.django.tasks.compat import (
     InvalidTask,
     TaskResultStatus,
@@ -272,6 +274,93 @@ def test_a_task_enqueued_by_a_callback_runs_after_it(recorded: list[t.Any]) -> N
     assert enqueued[0].status == TaskResultStatus.SUCCESSFUL
 
 
+def test_a_task_the_runner_dropped_or_lost_is_failed_with_why(
+    signals: list[tuple[str, type, str]], log: pytest.LogCaptureFixture
+) -> None:
+    """A task dropped (queue full) or lost (shut down before its turn) never runs: its
+    result is FAILED, with the reason, not READY for ever."""
+    runner = ThreadRunner(max_workers=1, max_pending=1, on_full="drop", name="tasks-lost")
+    started = threading.Event()
+    results: list[t.Any] = []
+
+    def hold() -> None:
+        started.set()
+        assert views.gate.wait(10)
+
+    def app(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/hold":
+            after(hold)
+        else:
+            results.append(tasks.greet.enqueue(environ["PATH_INFO"][1:]))
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    wrapped = AfterMiddleware(app, runner=runner)
+    try:
+        serve(wrapped, "/hold")
+        assert started.wait(10)  # the runner's one thread is busy
+        serve(wrapped, "/queued")  # waits: the one place in the queue
+        serve(wrapped, "/dropped")  # the queue is full
+        queued, dropped = results
+        assert queued.status == TaskResultStatus.READY
+        assert dropped.status == TaskResultStatus.FAILED
+        assert runner.shutdown(0) is False  # 'queued' never gets its turn
+        assert queued.status == TaskResultStatus.FAILED
+    finally:
+        views.gate.set()
+        runner.shutdown(10)
+    for result in (queued, dropped):
+        [error] = result.errors
+        assert error.exception_class is TaskNotRun
+        assert error.traceback == (
+            "wsgi_after.django.tasks.backend.TaskNotRun: 'tests.django_project.tasks.greet'"
+            " was not run: its runner dropped it (queue full) or lost it (shut down, or the"
+            " response never closed); the 'wsgi_after' log names it.\n"
+        )
+        assert result.started_at is None
+        assert result.finished_at is not None
+        assert result.worker_ids == []
+    assert ("finished", AfterResponseBackend, "FAILED") in signals
+    assert [s for s in signals if s[0] == "finished"] == [
+        ("finished", AfterResponseBackend, "FAILED")
+    ] * 2
+
+
+def test_a_task_of_a_response_never_closed_is_failed_once_the_request_is_freed(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    results: list[t.Any] = []
+
+    def app(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        results.append(tasks.greet.enqueue("never"))
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    # A gateway that never calls close(), in a context of its own (as its thread's or task's).
+    wrapped = AfterMiddleware(app, runner=InlineRunner())
+    contextvars.copy_context().run(serve, wrapped, "/never", close=False)
+    gc.collect()  # the request and its environ refer to each other: freed by a GC pass
+    [result] = results
+    assert result.status == TaskResultStatus.FAILED
+    assert result.errors[0].exception_class is TaskNotRun
+    assert any("'tests.django_project.tasks.greet'" in m for m in log.messages if "not run" in m)
+
+
+def test_a_task_enqueue_refused_sends_no_signal(signals: list[tuple[str, type, str]]) -> None:
+    """``after()`` refused it (max_callbacks): ``enqueue()`` raises, and no result of it
+    is left to mark FAILED (no ``task_finished`` for a task never enqueued)."""
+
+    def app(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        after(views.remember, "first")
+        with pytest.raises(RuntimeError, match="more than 1 times"):
+            tasks.greet.enqueue("over")
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    serve(AfterMiddleware(app, runner=InlineRunner(), max_callbacks=1))
+    assert signals == []
+
+
 # -- what the backend refuses ---------------------------------------------------------
 
 
@@ -434,10 +523,18 @@ def test_a_failure_to_enqueue_is_logged_by_name(
 ) -> None:
     settings.WSGI_AFTER = {**TASKS_RUNNER, "TASKS_BACKEND": "missing"}
     assert client.get("/note/lost").status_code == 200
-    assert (
-        "Callback 'tests.django_project.views.write_note' queued by 'GET /note/lost' was not"
-        " run: enqueueing it on the django.tasks backend 'missing' raised (logged at DEBUG)."
-    ) in log.messages
+    # At ERROR, the class of what the backend raised (django.tasks: InvalidTaskBackend; the
+    # backport: InvalidTaskBackendError); its message, which may quote arguments, at DEBUG.
+    [line] = [m for m in log.messages if "was not run" in m]
+    assert re.fullmatch(
+        re.escape(
+            "Callback 'tests.django_project.views.write_note' queued by 'GET /note/lost' was not"
+            " run: enqueueing it on the django.tasks backend 'missing' raised InvalidTaskBackend"
+        )
+        + r"(Error)? "
+        + re.escape("(its message, which may quote the arguments, is logged at DEBUG)."),
+        line,
+    ), line
 
 
 def test_inline_overrides_the_tasks_runner(client: Client, recorded: list[t.Any]) -> None:
@@ -468,6 +565,47 @@ def test_a_tasks_runner_given_to_the_core_middleware() -> None:
     assert message["callbacks"] == [
         {"func": "tests.django_project.views:write_note", "args": ["core"], "kwargs": {}}
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_nul_character_and_a_lone_surrogate_reach_the_callback_through_postgresql(
+    recorded: list[t.Any], log: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL's jsonb holds neither NUL nor a lone surrogate: a chain with one in its
+    arguments, or in its path (a URL's %00), was lost, why only at DEBUG."""
+    from django_tasks_db.models import DBTaskResult
+
+    odd = "a\x00b\ud800c"
+
+    def app(environ: t.Any, start_response: t.Any) -> list[bytes]:
+        after(views.remember, odd)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    serve(AfterMiddleware(app, runner=TasksRunner("durable")), "/nul\x00path")
+    assert [m for m in log.messages if "was not run" in m] == []
+    [row] = DBTaskResult.objects.all()
+    row.task.call(*row.args_kwargs["args"])  # what db_worker does
+    [(item, outcome)] = recorded
+    assert item == odd
+    assert outcome == OK
+
+
+@pytest.mark.parametrize(
+    ("packed", "why"),
+    [
+        pytest.param("{not json", "'packed' is not JSON text", id="not-json"),
+        pytest.param(7, "'packed' must be the message's JSON text", id="not-text"),
+    ],
+)
+def test_the_tasks_worker_refuses_a_malformed_packed_message(
+    packed: object, why: str, log: pytest.LogCaptureFixture
+) -> None:
+    from wsgi_after.django.tasks.worker import CallbacksFailed, run_callbacks
+
+    with pytest.raises(CallbacksFailed, match=r"^Refused a malformed callbacks message"):
+        run_callbacks.call({"packed": packed})
+    assert f"Refused a 'wsgi_after' callbacks message: {why}." in log.messages
 
 
 def test_check_catches_a_tasks_backend_missing_from_tasks(settings: SettingsWrapper) -> None:

@@ -228,6 +228,7 @@ NOT_IN_REFERENCE.update(
             "tasks.compat",
             "tasks.runner",
             "tasks.worker",
+            "tasks.envelope",
             "apps",
             "checks",
             "conf",

@@ -13,11 +13,13 @@ After the response, on wsgi_after's runner::
 Modules: :mod:`~wsgi_after.django.tasks.backend` (:class:`AfterResponseBackend`),
 :mod:`~wsgi_after.django.tasks.runner` (:class:`TasksRunner`),
 :mod:`~wsgi_after.django.tasks.worker` (the task the backend's worker runs),
+:mod:`~wsgi_after.django.tasks.envelope` (messages any JSON store keeps, NUL included),
 :mod:`~wsgi_after.django.tasks.compat` (``django.tasks`` or ``django_tasks``).
 """
 
 from .backend import AfterResponseBackend as AfterResponseBackend
 from .backend import TaskCall as TaskCall
+from .backend import TaskNotRun as TaskNotRun
 from .runner import TasksRunner as TasksRunner
 
-__all__ = ["AfterResponseBackend", "TaskCall", "TasksRunner"]
+__all__ = ["AfterResponseBackend", "TaskCall", "TaskNotRun", "TasksRunner"]

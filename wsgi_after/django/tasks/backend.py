@@ -29,6 +29,7 @@ import os
 import socket
 import traceback
 import typing as t
+import weakref
 
 from django.utils import timezone
 from django.utils.crypto import get_random_string
@@ -83,8 +84,11 @@ class AfterResponseBackend(BaseTaskBackend):
     Error policy: a task that raises is ``FAILED`` and ``task_finished`` is sent;
     the error is then raised to the runner, which logs it by name and request as
     any callback's (and with ``INLINE``, raises it from ``response.close()``, or
-    from ``enqueue()`` outside a request). A task the pool drops (``ON_FULL =
-    "drop"``) or loses at shutdown is logged by name and stays ``READY``.
+    from ``enqueue()`` outside a request). A task that will never run, because
+    the runner dropped it (``ON_FULL = "drop"``), lost it at shutdown, or its
+    response never closed, is logged by name by the runner, and its result is
+    ``FAILED`` with a :class:`TaskNotRun` error saying so (``task_finished`` is
+    sent), not ``READY`` for ever.
 
     Results live in this process only: ``supports_get_result`` is False. Tasks
     run in the order they were enqueued, as soon as the response is sent: no
@@ -154,12 +158,11 @@ class AfterResponseBackend(BaseTaskBackend):
                 f"'{task.module_path}.enqueue()' needs JSON arguments: {e}. Pass values"
                 " such as ids rather than objects."
             ) from None
-        call = TaskCall(self, result)
         chain = current_chain()
         if chain is None:
             _set(result, enqueued_at=timezone.now())
             task_enqueued.send(type(self), task_result=result)
-            _outside_request(call)
+            _outside_request(TaskCall(self, result))
             return result
         if getattr(chain.runner, "check_callback", None) is not None:
             raise InvalidTask(
@@ -168,7 +171,12 @@ class AfterResponseBackend(BaseTaskBackend):
                 " update this TaskResult. Enqueue it on a backend of that process instead,"
                 " with '.using(backend=...)'."
             )
-        after(call)
+        call = TaskCall(self, result)
+        try:
+            after(call)
+        except BaseException:
+            call.unrun.detach()  # never enqueued: enqueue() raises, no result to mark
+            raise
         _set(result, enqueued_at=timezone.now())
         task_enqueued.send(type(self), task_result=result)
         return result
@@ -188,12 +196,16 @@ class TaskCall:
         self.result = result
         func = result.task.func
         vars(self).update(__module__=func.__module__, __qualname__=func.__qualname__)
+        # Freed without running (dropped, lost, never closed): the result says so.
+        self.unrun = weakref.finalize(self, not_run, result, type(backend))
+        self.unrun.atexit = False  # the process is leaving: nobody reads its results
 
     def __repr__(self) -> str:
         return f"<TaskCall {self.task.module_path} id={self.result.id}>"
 
     def __call__(self) -> None:
         """Run the task; record how it ended; raise what it raised (after recording)."""
+        self.unrun.detach()
         result, task, sender = self.result, self.task, type(self.backend)
         started = timezone.now()
         _set(result, status=TaskResultStatus.RUNNING, started_at=started)
@@ -219,6 +231,32 @@ class TaskCall:
             raise
         _set(result, finished_at=timezone.now(), status=TaskResultStatus.SUCCESSFUL)
         task_finished.send(sender=sender, task_result=result)
+
+
+class TaskNotRun(RuntimeError):
+    """The error in the result of a task that was never run: its runner dropped it
+    (the queue was full), lost it (shut down before its turn), or its response was
+    never closed. The ``wsgi_after`` log names it, with why."""
+
+
+def not_run(result: TaskResult[..., t.Any], sender: type) -> None:
+    """A task's call was freed without running: mark its result ``FAILED`` with
+    :class:`TaskNotRun` and send ``task_finished`` (robustly: this runs wherever the
+    call was let go, perhaps in the garbage collector)."""
+    if result.status != TaskResultStatus.READY:
+        return
+    error = TaskNotRun(
+        f"'{result.task.module_path}' was not run: its runner dropped it (queue full) or"
+        " lost it (shut down, or the response never closed); the 'wsgi_after' log names it."
+    )
+    result.errors.append(
+        TaskError(
+            exception_class_path=f"{TaskNotRun.__module__}.{TaskNotRun.__qualname__}",
+            traceback="".join(traceback.format_exception(error)),
+        )
+    )
+    _set(result, finished_at=timezone.now(), status=TaskResultStatus.FAILED)
+    task_finished.send_robust(sender=sender, task_result=result)
 
 
 def worker_id() -> str:

@@ -29,6 +29,7 @@ from ... import Chain, current_chain, events, remote
 from ...losslog import LossLog
 from ...naming import callback_name
 from ..conf import options
+from . import envelope
 
 logger = logging.getLogger("wsgi_after")
 
@@ -36,6 +37,8 @@ logger = logging.getLogger("wsgi_after")
 SENT_KEY = "wsgi_after.django.tasks.sent"
 WHO = "'TasksRunner'"
 FIX = "WSGI_AFTER = {{..., 'ALLOW': [{module!r}]}}"
+#: Loss logs kept per runner, one per class of error that enqueueing raised.
+MAX_LOSS_LOGS = 16
 
 
 class TasksRunner:
@@ -58,9 +61,7 @@ class TasksRunner:
     def __init__(self, backend: str | None = None, *, queue_name: str | None = None) -> None:
         self.backend = backend if backend is not None else options().tasks_backend
         self.queue_name = queue_name
-        self._lost = LossLog(
-            f"enqueueing it on the django.tasks backend {self.backend!r} raised (logged at DEBUG)."
-        )
+        self._lost: dict[str, LossLog] = {}  # by the class of what enqueueing raised
         self._refused = LossLog(
             "it is not a module-level function of WSGI_AFTER['ALLOW'] with JSON arguments."
         )
@@ -100,13 +101,27 @@ class TasksRunner:
 
         try:
             task = run_callbacks.using(backend=self.backend, queue_name=self.queue_name)
-            task.enqueue(message)
-        except Exception:
+            task.enqueue(envelope.pack(message))  # NUL and lone surrogates too (PostgreSQL)
+        except Exception as e:
             logger.debug("Enqueueing on %r raised.", self.backend, exc_info=True)
-            self._lose(message, self._lost)
+            self._lose(message, self._enqueue_failed(e))
         finally:
             if not any(c.in_atomic_block for c in connections.all(initialized_only=True)):
                 close_old_connections()  # as at the end of a request (not inside a test's)
+
+    def _enqueue_failed(self, error: Exception) -> LossLog:
+        """The loss log naming what enqueueing raised: its class at ERROR, its message
+        (a database's may quote the arguments) at DEBUG only."""
+        name = type(error).__name__
+        if name not in self._lost and len(self._lost) >= MAX_LOSS_LOGS:
+            name = "an exception"  # one more, for every other class
+        found = self._lost.get(name)
+        if found is None:
+            found = self._lost[name] = LossLog(
+                f"enqueueing it on the django.tasks backend {self.backend!r} raised {name}"
+                " (its message, which may quote the arguments, is logged at DEBUG)."
+            )
+        return found
 
     def _message(self, chain: object) -> dict[str, t.Any]:
         """The message for ``chain``'s callbacks: the copies ``after()`` checked, or checked now."""

@@ -18,6 +18,7 @@ import typing as t
 
 from ... import remote
 from ..conf import options
+from . import envelope
 from .compat import task
 
 logger = logging.getLogger("wsgi_after")
@@ -29,16 +30,16 @@ class CallbacksFailed(RuntimeError):
 
 
 def _run_callbacks(message: dict[str, t.Any]) -> None:
-    """Run the callbacks of one request's message; see the module."""
+    """Run the callbacks of one request's message (packed or not); see the module."""
     try:
-        parsed = remote.parse_message(message)
+        parsed = remote.parse_message(envelope.unpack(message))
     except ValueError as e:
         logger.error("Refused a 'wsgi_after' callbacks message: %s.", e)
         raise CallbacksFailed(f"Refused a malformed callbacks message: {e}.") from None
     if not remote.run_message(parsed, options().allow):
         raise CallbacksFailed(
-            f"A callback queued by '{remote.describe(message)}' failed or was refused;"
-            " the log names it."
+            f"A callback queued by '{remote.describe(parsed._asdict())}' failed or was"
+            " refused; the log names it."
         )
 
 
