@@ -166,3 +166,52 @@ def test_failing_callback_fails_the_test(after_inline):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*ValueError: smtp down*"])
+
+
+def test_after_inline_fails_the_test_however_the_wsgi_after_logger_is_silenced(
+    pytester: pytest.Pytester,
+) -> None:
+    # The failure reaches the fixture through the callback events, not the log: a
+    # logger silenced by level, filter, logging.disable() or a dictConfig hides nothing.
+    pytester.makepyfile(
+        app=APP,
+        test_app="""
+import logging
+import logging.config
+import pytest
+from app import app
+
+def by_level(logger):
+    logger.setLevel(logging.CRITICAL)
+
+def by_filter(logger):
+    logger.addFilter(lambda record: False)
+
+def by_disable(logger):
+    logging.disable(logging.CRITICAL)
+
+def by_disabled(logger):
+    logger.disabled = True
+
+def by_dict_config(logger):
+    logging.config.dictConfig(
+        {"version": 1, "loggers": {"wsgi_after": {"level": "CRITICAL", "propagate": False}}}
+    )
+
+@pytest.fixture(params=[by_level, by_filter, by_disable, by_disabled, by_dict_config])
+def silenced(request):
+    logger = logging.getLogger("wsgi_after")
+    level, filters = logger.level, logger.filters[:]
+    request.param(logger)
+    yield
+    logging.disable(logging.NOTSET)
+    logger.setLevel(level)
+    logger.filters[:] = filters
+
+def test_failing_callback_fails_the_test(silenced, after_inline):
+    app.test_client().get("/broken", buffered=True)
+""",
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(failed=5)
+    assert result.stdout.str().count("ValueError: smtp down") >= 5

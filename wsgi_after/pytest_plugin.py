@@ -7,8 +7,10 @@ in every test session:
   Flask app with :class:`~wsgi_after.flask.After`) runs its callbacks inline,
   in ``close()``, for the test; the first callback exception is raised again
   when the test ends, so a failing callback fails the test instead of only
-  being logged. Under Django, an ``after_commit()`` callback whose transaction
-  commits after its response closed runs inline too.
+  being logged (it is seen through the callback events, not the log: a
+  silenced ``wsgi_after`` logger hides nothing). Under Django, an
+  ``after_commit()`` callback whose transaction commits after its response
+  closed runs inline too.
 * ``after_wait``: a function ``wait(timeout=5.0)`` that waits until every
   :class:`~wsgi_after.ThreadRunner` of the process is idle, and raises
   :class:`TimeoutError` when the deadline passes first.
@@ -25,42 +27,41 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
-import logging
 import sys
-import threading
 import time
 import typing as t
 
 import pytest
 
-from . import lifecycle
+from . import events, lifecycle
 from ._chain import override_runner
-from .runner import run_task
+from .runner import describe_task, run_here
 
 
-class _InlineCollector(logging.Handler):
+class _InlineCollector:
     """Runs each task inline and collects the exceptions its callbacks raised.
 
-    Only what is logged by the threads running a task through it counts: a
+    The failures come from the callback events (:mod:`wsgi_after.events`), not
+    from the log, so a ``wsgi_after`` logger silenced by a level, a filter,
+    ``logging.disable()`` or a ``dictConfig`` hides nothing. Only the callbacks
+    run through this collector count (their events name it as their runner): a
     failure on another app's background runner is not blamed on this test. A
     ``KeyboardInterrupt`` or ``SystemExit`` from a callback fails the test
     instead of ending the test session.
     """
 
     def __init__(self) -> None:
-        super().__init__(level=logging.ERROR)
         self.errors: list[BaseException] = []
-        self._running: set[int] = set()
 
     def submit(self, fn: t.Callable[[], object], /) -> None:
-        ident = threading.get_ident()
-        nested = ident in self._running
-        self._running.add(ident)
-        try:
-            run_task(fn)  # not in_caller: an interrupt is collected, not raised
-        finally:
-            if not nested:
-                self._running.discard(ident)
+        before = len(self.errors)
+        # Not in_caller: an interrupt is collected, not raised.
+        if not run_here(self, fn, in_caller=False) and len(self.errors) == before:
+            # Failed, yet no callback event said so: not a request's chain.
+            request, names = describe_task(fn)
+            self.errors.append(
+                RuntimeError(f"Task {names} queued by '{request}' failed when run inline.")
+            )
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         return True
@@ -68,26 +69,26 @@ class _InlineCollector(logging.Handler):
     def shutdown(self, timeout: float | None = None) -> bool:
         return True
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread in self._running and record.exc_info and record.exc_info[1] is not None:
-            self.errors.append(record.exc_info[1])
+    def on_event(self, event: events.CallbackEvent) -> None:
+        """The events listener: keep what a callback run here raised."""
+        if event.kind == "failed" and event.runner is self and event.error is not None:
+            self.errors.append(event.error)
 
 
-_handler_key = pytest.StashKey[_InlineCollector]()
+_collector_key = pytest.StashKey[_InlineCollector]()
 
 
 @pytest.fixture
 def after_inline(request: pytest.FixtureRequest) -> collections.abc.Iterator[None]:
     """Run every request's callbacks inline in ``close()``; re-raise the first failure."""
     collector = _InlineCollector()
-    request.node.stash[_handler_key] = collector
-    logger = logging.getLogger("wsgi_after")
-    logger.addHandler(collector)
+    request.node.stash[_collector_key] = collector
+    events.subscribe(collector.on_event)
     try:
         with override_runner(collector), _django_inline():
             yield
     finally:
-        logger.removeHandler(collector)
+        events.unsubscribe(collector.on_event)
     _raise_first(collector)  # a callback that failed while fixtures were torn down
 
 
@@ -103,7 +104,7 @@ def _django_inline() -> t.ContextManager[object]:
 def pytest_runtest_call(item: pytest.Item) -> collections.abc.Generator[None, object, object]:
     """Fail the test itself (not its teardown) when a callback failed during it."""
     result = yield
-    collector = item.stash.get(_handler_key, None)
+    collector = item.stash.get(_collector_key, None)
     if collector is not None:
         _raise_first(collector)
     return result
