@@ -215,3 +215,51 @@ def test_failing_callback_fails_the_test(silenced, after_inline):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
     result.assert_outcomes(failed=5)
     assert result.stdout.str().count("ValueError: smtp down") >= 5
+
+
+def test_after_wait_waits_for_a_plain_thread_pool_executor(pytester: pytest.Pytester) -> None:
+    # The library takes any object with submit(); the executor is in no registry, so
+    # after_wait waits for the requests' chains it was handed, not for its runners.
+    pytester.makepyfile(
+        test_app="""
+import concurrent.futures
+import threading
+import pytest
+from flask import Flask
+from wsgi_after import after
+from wsgi_after.flask import After
+
+executor = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+app = Flask(__name__)
+After(app, runner=executor)
+outbox = []
+release = threading.Event()
+
+def send(address):
+    release.wait(10)
+    outbox.append(address)
+
+@app.get("/<address>")
+def signup(address):
+    after(send, address)
+    return "ok"
+
+def test_waits_for_the_executor(after_wait):
+    release.set()
+    app.test_client().get("/ada", buffered=True)
+    app.test_client().get("/grace", buffered=True)
+    after_wait(timeout=5)
+    assert sorted(outbox) == ["ada", "grace"]
+
+def test_times_out_naming_the_request(after_wait):
+    release.clear()
+    app.test_client().get("/slow", buffered=True)
+    with pytest.raises(TimeoutError, match="ThreadPoolExecutor.*'GET /slow'"):
+        after_wait(timeout=0.1)
+    release.set()
+    after_wait(timeout=5)
+    assert outbox[-1] == "slow"
+""",
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)

@@ -12,7 +12,9 @@ in every test session:
   ``after_commit()`` callback whose transaction commits after its response
   closed runs inline too.
 * ``after_wait``: a function ``wait(timeout=5.0)`` that waits until every
-  :class:`~wsgi_after.ThreadRunner` of the process is idle, and raises
+  :class:`~wsgi_after.ThreadRunner` of the process is idle and every request
+  that queued callbacks during the test has run them, whatever its runner (a
+  :class:`~concurrent.futures.ThreadPoolExecutor` too), and raises
   :class:`TimeoutError` when the deadline passes first.
 
 ::
@@ -28,6 +30,7 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import sys
+import threading
 import time
 import typing as t
 
@@ -35,6 +38,8 @@ import pytest
 
 from . import events, lifecycle
 from ._chain import override_runner
+from ._context import current_chain
+from ._request import DONE, OPEN, RequestView
 from .runner import describe_task, run_here
 
 
@@ -118,9 +123,56 @@ def _raise_first(collector: _InlineCollector) -> None:
         raise error
 
 
+class _Handed:
+    """The requests that queued callbacks while an ``after_wait`` test runs.
+
+    Found through the ``"queued"`` callback events, so that :func:`after_wait` can
+    wait for a request's callbacks whatever its runner is: one of the registered
+    runners, which it waits for with ``wait_idle()``, or any object with
+    ``submit`` (a :class:`concurrent.futures.ThreadPoolExecutor`), which has no
+    such method and is in no registry. Held until they are done, or the test ends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._chains: list[RequestView] = []
+
+    def on_event(self, event: events.CallbackEvent) -> None:
+        """The events listener: note the request that queued a callback."""
+        if event.kind != "queued":
+            return
+        chain = current_chain()  # "queued" is emitted in after(), where it is current
+        if chain is None:
+            return
+        with self._lock:
+            if len(self._chains) >= _PRUNE_AT:
+                self._chains = [c for c in self._chains if c.state != DONE]
+            if not any(c is chain for c in self._chains[-8:]):  # a request's next after()
+                self._chains.append(chain)
+
+    def pending(self) -> list[RequestView]:
+        """The requests handed to their runner whose callbacks have not all run; forgets
+        the finished ones (an open request has handed nothing yet: not waited for)."""
+        with self._lock:
+            self._chains = [c for c in self._chains if c.state != DONE]
+            return [c for c in self._chains if c.state != OPEN]
+
+    def forget(self) -> None:
+        with self._lock:
+            self._chains = []
+
+
+#: How many requests :class:`_Handed` holds before it forgets the finished ones.
+_PRUNE_AT = 1000
+#: The longest pause, in seconds, between two looks at the requests ``after_wait`` waits for.
+_MAX_POLL = 0.05
+
+
 @pytest.fixture
-def after_wait() -> t.Callable[..., None]:
-    """A function that waits, with a deadline, until every runner is idle."""
+def after_wait() -> collections.abc.Iterator[t.Callable[..., None]]:
+    """A function that waits, with a deadline, until every runner is idle and every
+    request's callbacks queued during the test have run, whatever their runner."""
+    handed = _Handed()
 
     def wait(timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
@@ -132,5 +184,22 @@ def after_wait() -> t.Callable[..., None]:
                     f"{runner!r} still had callbacks after {timeout} s"
                     + (f": {stats()}" if stats is not None else ".")
                 )
+        pause = 0.001
+        while pending := handed.pending():  # bounded by the deadline
+            left = deadline - time.monotonic()
+            if left <= 0:
+                chain = pending[0]
+                raise TimeoutError(
+                    f"{chain.runner!r} had not run the callbacks {chain.callback_names()}"
+                    f" queued by '{chain.describe()}' after {timeout} s"
+                    f" ({len(pending)} requests waited for)."
+                )
+            time.sleep(min(pause, left))  # no event says a chain is done: a bounded poll
+            pause = min(pause * 2, _MAX_POLL)
 
-    return wait
+    events.subscribe(handed.on_event)
+    try:
+        yield wait
+    finally:
+        events.unsubscribe(handed.on_event)
+        handed.forget()
