@@ -216,6 +216,14 @@ class Chain(ClosingResponse, RequestView):
             # (uWSGI's default): callbacks see a snapshot of their own request.
             self.environ = dict(environ)
         self._start_response = None
+        # The server is done with the body: let it go now, so that what it holds (big
+        # buffers, a file) is freed before the callbacks run, not after them (a list's
+        # iterator first tells whether it was sent in full).
+        if self.reads_iterator:
+            self.completed = self.sent_all()
+            self._iterator = None
+        self._inner = ()
+        self.file_response = None
         if events.listeners:
             self.closed_at = time.monotonic()
         runner = _forced_runner or self.runner
