@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from wsgi_after import events
+from wsgi_after.pytest_plugin import _InlineCollector
+
 pytest_plugins = ["pytester"]
 
 APP = """
@@ -263,3 +266,18 @@ def test_times_out_naming_the_request(after_wait):
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
     result.assert_outcomes(passed=2)
+
+
+def test_the_inline_collector_keeps_a_failing_task_that_no_event_names() -> None:
+    # Not a request's chain (no callback events): its failure is still the test's.
+    collector = _InlineCollector()
+    events.subscribe(collector.on_event)
+    try:
+        collector.submit(lambda: 1 / 0)
+    finally:
+        events.unsubscribe(collector.on_event)
+    [error] = collector.errors
+    assert str(error) == (
+        "Task ['tests.test_pytest_plugin.test_the_inline_collector_keeps_a_failing_task_that"
+        "_no_event_names.<locals>.<lambda>'] queued by '?' failed when run inline."
+    )
