@@ -62,6 +62,7 @@ handover = threading.Lock()
 _copy_context = contextvars.copy_context
 _get_ident = threading.get_ident
 _CO_ASYNC_GENERATOR = inspect.CO_ASYNC_GENERATOR
+_partial = functools.partial
 # Functions whose call only makes a generator: their body would never run (a
 # generator-based coroutine, @types.coroutine, is awaitable and runs).
 _GENERATORS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
@@ -111,7 +112,7 @@ def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
 
     :param func: a callable, or a coroutine object (then without arguments).
     :raises TypeError: if ``func`` is neither callable nor a coroutine, is a
-        generator or async generator function (or a :func:`functools.partial` of
+        generator or async generator function (or a ``functools.partial`` of
         one: calling it would only make a generator), or the runner cannot take it
         (:class:`~wsgi_after.celery.CeleryRunner` needs importable callbacks
         with serializable arguments).
@@ -134,7 +135,7 @@ def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
     elif (code := getattr(func, "__code__", None)) is not None:
         if code.co_flags & _GENERATORS:
             _refuse_generator(func, code.co_flags)
-    elif isinstance(func, functools.partial):  # what it calls tells (after any partials)
+    elif isinstance(func, _partial):  # what it calls tells (after any partials)
         _refuse_generator(func, _code_flags(func))
     chain = CURRENT.get()
     try:
