@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import inspect
 import logging
 import sys
 import threading
+import types
 import typing as t
 
 import pytest
@@ -376,6 +378,95 @@ def test_an_async_generator_function_is_refused() -> None:
         "_generator_function_is_refused.<locals>.stream' to completion. Queue a coroutine"
         " function ('async def' with no 'yield')."
     )
+
+
+async def _stream(n: int) -> t.AsyncIterator[int]:
+    yield n
+
+
+def _lines(n: int) -> t.Iterator[int]:
+    yield n
+
+
+def _nested(func: t.Callable[..., object]) -> functools.partial[object]:
+    """A partial that another partial keeps as it is (one with attributes is not flattened)."""
+    inner = functools.partial(func)
+    inner.note = "kept"  # type: ignore[attr-defined]
+    return inner
+
+
+_STREAM = "tests.test_context._stream"
+_LINES = "tests.test_context._lines"
+_ASYNC_GENERATOR = " to completion. Queue a coroutine function ('async def' with no 'yield')."
+_GENERATOR = (
+    ": calling it only makes a generator, whose body would never run."
+    " Queue a plain function (no 'yield')."
+)
+
+
+@pytest.mark.parametrize(
+    ("func", "message"),
+    [
+        pytest.param(
+            functools.partial(_stream, 1),
+            f"'after()' cannot run the async generator function 'functools.partial({_STREAM})'"
+            + _ASYNC_GENERATOR,
+            id="async-generator-in-a-partial",
+        ),
+        pytest.param(
+            functools.partial(_nested(_stream), 1),
+            "'after()' cannot run the async generator function"
+            f" 'functools.partial(functools.partial({_STREAM}))'" + _ASYNC_GENERATOR,
+            id="async-generator-in-nested-partials",
+        ),
+        pytest.param(
+            _lines,  # (refused before its missing argument matters)
+            f"'after()' cannot run the generator function '{_LINES}'" + _GENERATOR,
+            id="generator",
+        ),
+        pytest.param(
+            functools.partial(_lines, 1),
+            f"'after()' cannot run the generator function 'functools.partial({_LINES})'"
+            + _GENERATOR,
+            id="generator-in-a-partial",
+        ),
+    ],
+)
+def test_a_generator_function_is_refused_at_the_call_through_partials(
+    func: t.Callable[..., object], message: str
+) -> None:
+    # Calling a generator function only makes a generator: the callback would be accepted
+    # and never run. A partial hides the function's kind unless it is unwrapped.
+    def view(environ: WSGIEnvironment) -> None:
+        after(func)
+
+    with pytest.raises(TypeError) as info:
+        serve(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    assert str(info.value) == message
+
+
+@types.coroutine
+def _legacy_coroutine(ran: list[str]) -> t.Generator[None, None, None]:
+    ran.append("legacy")
+    yield
+
+
+async def _job(ran: list[str], name: str) -> None:
+    ran.append(name)
+
+
+def test_coroutine_functions_in_partials_are_awaited() -> None:
+    ran: list[str] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(functools.partial(_job, ran, "partial"))
+        nested = functools.partial(_nested(_job), ran, "nested")
+        assert isinstance(nested.func, functools.partial)
+        after(nested)
+        after(_legacy_coroutine, ran)  # a generator-based coroutine: awaitable, accepted
+
+    serve(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    assert ran == ["partial", "nested", "legacy"]
 
 
 def test_a_refused_coroutine_object_is_closed() -> None:

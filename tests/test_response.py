@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gc
 import io
+import threading
 import types
 import typing as t
+import weakref
 import wsgiref.util
 
 import pytest
 
-from tests.helpers import TIMEOUT, call, make_environ
-from wsgi_after import AfterMiddleware, InlineRunner, Outcome, after, outcome
-from wsgi_after._response import closes_in_place
+from tests.helpers import TIMEOUT, call, hold, make_environ
+from wsgi_after import AfterMiddleware, InlineRunner, Outcome, ThreadRunner, after, outcome
+from wsgi_after._response import ClosingResponse, ListMixin, closes_in_place
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -458,3 +461,133 @@ def test_the_status_is_the_500_the_server_sent_for_an_error_before_the_body(wher
     assert result is not None
     assert result.status == 500
     assert isinstance(result.error, RuntimeError)
+
+
+class Body:
+    """An app's body holding what a real one holds (a big buffer, a file handle)."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(1 << 20)
+        self.closed = False
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        yield b"one"
+        yield b"two"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class SizedBody(Body):
+    def __len__(self) -> int:
+        return 2
+
+
+class SentFile:
+    """What a server's ``wsgi.file_wrapper`` function returns: it holds the file."""
+
+    def __init__(self, filelike: t.Any, block_size: int = 8192) -> None:
+        self.filelike = filelike
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        yield self.filelike.read()
+
+    def close(self) -> None:
+        self.filelike.close()
+
+
+def _send_file(environ: WSGIEnvironment) -> tuple[t.Any, object]:
+    file = io.BytesIO(b"file")
+    return environ["wsgi.file_wrapper"](file), file
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda environ: (body := Body(), body), id="iterable"),
+        pytest.param(lambda environ: (body := SizedBody(), body), id="sized"),
+        pytest.param(_send_file, id="file-wrapper"),
+    ],
+)
+def test_the_body_is_freed_at_close_while_the_callbacks_wait_in_the_queue(
+    make: t.Callable[[WSGIEnvironment], tuple[t.Any, object]],
+) -> None:
+    # After close() the server is done with the body: what it holds (buffers, a file
+    # handle) must not live on until the request's callbacks have run on the pool.
+    busy, release = threading.Event(), threading.Event()
+    made: list[weakref.ref[t.Any]] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        after(hold, busy, release)
+        start_response("200 OK", [])
+        body, held = make(environ)  # (a file response holds the file)
+        made.append(weakref.ref(held))
+        return body
+
+    runner = ThreadRunner(max_workers=1, name="test-body-freed")
+    try:
+        # A function, not a class: the middleware stands in for it (FileWrapperHook).
+        environ = make_environ(extra={"wsgi.file_wrapper": lambda f, *a: SentFile(f, *a)})
+        response = call(AfterMiddleware(app, runner=runner), environ)
+        assert list(response) in ([b"one", b"two"], [b"file"])
+        response.close()
+        del response  # the server drops it once closed
+        assert busy.wait(TIMEOUT)  # the callback runs, and waits: the chain is alive
+        gc.collect()
+        assert made[0]() is None, gc.get_referrers(made[0]())
+    finally:
+        release.set()
+        assert runner.wait_idle(TIMEOUT)
+        runner.shutdown(TIMEOUT)
+
+
+@pytest.mark.parametrize("queued", ["in-the-view", "once-the-view-returned"])
+@pytest.mark.parametrize(("sent", "completed"), [(1, False), (2, True)])
+def test_a_list_body_is_freed_at_close_and_the_outcome_still_says_how_much_was_sent(
+    sent: int, completed: bool, queued: str
+) -> None:
+    # Queued once the view returned, the chain hands the server the list's own iterator,
+    # which is read for the outcome before it is let go.
+    busy, release = threading.Event(), threading.Event()
+    seen: list[Outcome | None] = []
+    body = [b"one", b"two"]
+
+    def wait_then_record() -> None:
+        hold(busy, release)
+        seen.append(outcome())
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
+        if queued == "in-the-view":
+            after(wait_then_record)
+        start_response("200 OK", [])
+        return body
+
+    runner = ThreadRunner(max_workers=1, name="test-list-freed")
+    try:
+        response = call(AfterMiddleware(app, runner=runner))
+        if queued == "once-the-view-returned":
+            after(wait_then_record)  # the request is still current here, as for a body
+        assert isinstance(response, ListMixin) is (queued == "once-the-view-returned")
+        chunks = iter(response)
+        for _ in range(sent):
+            next(chunks)
+        if completed:
+            assert next(chunks, None) is None  # the server asked past the end
+        response.close()
+        del chunks
+        assert busy.wait(TIMEOUT)
+        gc.collect()
+        holders = [
+            r
+            for r in gc.get_referrers(body)
+            if isinstance(r, ClosingResponse) or type(r).__name__ == "list_iterator"
+        ]
+        assert holders == []
+        del response
+    finally:
+        release.set()
+        assert runner.wait_idle(TIMEOUT)
+        runner.shutdown(TIMEOUT)
+    [result] = seen
+    assert result is not None
+    assert result.completed is completed

@@ -170,20 +170,9 @@ class Chain(ClosingResponse, RequestView):
     def returned(self) -> bool:
         """Whether the app already returned this request's response, or the request
         finished: a request that starts later in the same context is not nested in it."""
-        return hasattr(self, "_inner")  # set by wrap(), and when the chain is released
+        return hasattr(self, "_inner")  # set by wrap(), and at close
 
     __call__ = run_callbacks
-
-    def release(self) -> None:
-        # Drop everything the request held (body, file, error, environ) now, not at
-        # this thread's next request; environ["wsgi_after.chain"] refers to this
-        # chain, and an error's traceback may too: break those cycles, so that
-        # reference counting, not the garbage collector, frees the request.
-        self.state = DONE
-        self.callbacks = []
-        self.environ = self.scope = self._start_response = self._iterator = None
-        self._inner = ()
-        self.file_response = self.error = None
 
     def on_close(self) -> None:
         """The server closed the response: hand the callbacks to the runner, once."""
@@ -216,6 +205,16 @@ class Chain(ClosingResponse, RequestView):
             # (uWSGI's default): callbacks see a snapshot of their own request.
             self.environ = dict(environ)
         self._start_response = None
+        # The server is done with the body: let it go now, so that what it holds (big
+        # buffers, a file) is freed before the callbacks run, not after them (a list's
+        # iterator first tells whether it was sent in full). release() then drops the
+        # rest (environ, error: environ["wsgi_after.chain"] and an error's traceback
+        # refer to this chain, cycles that reference counting alone could not free).
+        if self.reads_iterator:
+            self.completed = self.sent_all()
+            self._iterator = None
+        self._inner = ()
+        self.file_response = None
         if events.listeners:
             self.closed_at = time.monotonic()
         runner = _forced_runner or self.runner

@@ -19,6 +19,7 @@ or raises, never accepted and lost; a request that queued nothing never takes it
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 import logging
 import threading
@@ -61,6 +62,14 @@ handover = threading.Lock()
 _copy_context = contextvars.copy_context
 _get_ident = threading.get_ident
 _CO_ASYNC_GENERATOR = inspect.CO_ASYNC_GENERATOR
+# Only a callable without code of its own pays for this test; 'type() is' costs one
+# callback-per-request 0.5k instructions less than isinstance() (benchmarks/instructions.py
+# middleware-one-paced, whose callback is a lock's release), so a subclass of partial
+# is not unwrapped.
+_partial = functools.partial
+# Functions whose call only makes a generator: their body would never run (a
+# generator-based coroutine, @types.coroutine, is awaitable and runs).
+_GENERATORS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
 
 
 class OutsideRequestError(RuntimeError):
@@ -106,8 +115,9 @@ def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
     logged once at DEBUG: it would queue itself for ever.
 
     :param func: a callable, or a coroutine object (then without arguments).
-    :raises TypeError: if ``func`` is neither callable nor a coroutine, is an
-        async generator function, or the runner cannot take it
+    :raises TypeError: if ``func`` is neither callable nor a coroutine, is a
+        generator or async generator function (or a ``functools.partial`` of
+        one: calling it would only make a generator), or the runner cannot take it
         (:class:`~wsgi_after.celery.CeleryRunner` needs importable callbacks
         with serializable arguments).
     :raises OutsideRequestError: if no request handled by
@@ -126,13 +136,11 @@ def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
                 "'after()' got arguments for a coroutine object. Pass the coroutine"
                 " function and its arguments instead: 'after(func, *args)'."
             )
-    elif (code := getattr(func, "__code__", None)) is not None and (
-        code.co_flags & _CO_ASYNC_GENERATOR
-    ):
-        raise TypeError(
-            f"'after()' cannot run the async generator function '{callback_name(func)}'"
-            " to completion. Queue a coroutine function ('async def' with no 'yield')."
-        )
+    elif (code := getattr(func, "__code__", None)) is not None:
+        if code.co_flags & _GENERATORS:
+            _refuse_generator(func, code.co_flags)
+    elif type(func) is _partial:  # what it calls tells (after any partials)
+        _refuse_generator(func, _code_flags(func))
     chain = CURRENT.get()
     try:
         if chain is None:
@@ -195,6 +203,36 @@ def after(func: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
         if type(func) is CoroutineType:
             func.close()
         raise
+
+
+def _code_flags(func: functools.partial[object]) -> int:
+    """The code flags of the function a partial (or partials in partials) calls; 0 for
+    a callable without code of its own."""
+    inner: object = func
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    code = getattr(inner, "__code__", None)
+    flags = getattr(code, "co_flags", 0)
+    return flags if type(flags) is int else 0
+
+
+def _refuse_generator(func: object, flags: int) -> None:
+    """Refuse a callback whose call only makes a generator, whose body would never run.
+
+    :raises TypeError: for a generator or async generator function (or a partial of
+        one), naming the fix.
+    """
+    if flags & _CO_ASYNC_GENERATOR:
+        raise TypeError(
+            f"'after()' cannot run the async generator function '{callback_name(func)}'"
+            " to completion. Queue a coroutine function ('async def' with no 'yield')."
+        )
+    if flags & inspect.CO_GENERATOR and not flags & inspect.CO_ITERABLE_COROUTINE:
+        raise TypeError(
+            f"'after()' cannot run the generator function '{callback_name(func)}': calling"
+            " it only makes a generator, whose body would never run. Queue a plain function"
+            " (no 'yield')."
+        )
 
 
 def _refuse_inside(chain: RequestView, func: t.Any, reason: int) -> None:

@@ -58,6 +58,10 @@ class ClosingResponse:
     #: it, when it was called more than once).
     file_response: object
 
+    #: Whether :meth:`sent_all` reads the iterator handed to the server (``listed``):
+    #: then it is read once more before the body is let go.
+    reads_iterator: t.ClassVar[bool] = False
+
     #: The subclass with ``__len__`` (and :class:`SizedMixin`) that :meth:`wrap`
     #: switches to for sized iterables; every subclass names its own.
     sized: t.ClassVar[type[ClosingResponse]]
@@ -172,14 +176,16 @@ class ListMixin(SizedMixin, ClosingResponse):
 
     __slots__ = ()
 
+    reads_iterator = True
+
     def __iter__(self) -> t.Iterator[bytes]:
         self._iterator = iterator = iter(self._inner)
         return iterator
 
     def sent_all(self) -> bool:
         iterator = getattr(self, "_iterator", None)
-        if iterator is None:  # never iterated (or released, once the callbacks ran)
-            return False
+        if iterator is None:  # never iterated, or let go at close (read then)
+            return self.completed
         # A list iterator drops its list once next() went past the end, not at the
         # last item: its pickle state then holds no index (CPython 3.10 to 3.13).
         return len(iterator.__reduce__()) == 2
