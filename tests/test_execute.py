@@ -335,6 +335,30 @@ def test_a_callback_returning_an_async_generator_is_logged(
     )
 
 
+def test_a_callable_whose_call_makes_a_generator_is_logged(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    # after() refuses a generator function at the call; an object whose __call__ is one
+    # passes that check, and its body would never run: a failure, not a silent success.
+    ran: list[str] = []
+
+    class Lazy:
+        def __call__(self) -> t.Iterator[None]:
+            ran.append("body")
+            yield
+
+    def view(environ: WSGIEnvironment) -> None:
+        after(Lazy())
+
+    serve(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    assert ran == []
+    [record] = [r for r in log.records if r.levelname == "ERROR"]
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]).endswith(
+        "returned a generator, whose body never runs. Queue a plain function (no 'yield')."
+    )
+
+
 def test_a_failures_log_line_carries_the_requests_context(
     runner: ThreadRunner, log: pytest.LogCaptureFixture
 ) -> None:

@@ -216,7 +216,25 @@ def _code_flags(func: functools.partial[object]) -> int:
     return flags if type(flags) is int else 0
 
 
-def _refuse_generator(func: object, flags: int) -> None:
+def refuse_generators(func: object, caller: str) -> None:
+    """Refuse a generator or async generator function (or a partial of one) as a callback.
+
+    The check :func:`after` makes, for the integrations that take callbacks of their
+    own (Django's ``after_commit()``), made at their call: ``caller`` names it.
+
+    :raises TypeError: naming the fix.
+    """
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        flags = code.co_flags
+    elif type(func) is _partial:
+        flags = _code_flags(func)
+    else:
+        return
+    _refuse_generator(func, flags, caller)
+
+
+def _refuse_generator(func: object, flags: int, caller: str = "after") -> None:
     """Refuse a callback whose call only makes a generator, whose body would never run.
 
     :raises TypeError: for a generator or async generator function (or a partial of
@@ -224,12 +242,12 @@ def _refuse_generator(func: object, flags: int) -> None:
     """
     if flags & _CO_ASYNC_GENERATOR:
         raise TypeError(
-            f"'after()' cannot run the async generator function '{callback_name(func)}'"
+            f"'{caller}()' cannot run the async generator function '{callback_name(func)}'"
             " to completion. Queue a coroutine function ('async def' with no 'yield')."
         )
     if flags & inspect.CO_GENERATOR and not flags & inspect.CO_ITERABLE_COROUTINE:
         raise TypeError(
-            f"'after()' cannot run the generator function '{callback_name(func)}': calling"
+            f"'{caller}()' cannot run the generator function '{callback_name(func)}': calling"
             " it only makes a generator, whose body would never run. Queue a plain function"
             " (no 'yield')."
         )

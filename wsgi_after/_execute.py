@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 import typing as t
-from types import CoroutineType
+from types import CoroutineType, GeneratorType
 
 from . import events, lifecycle
 from ._request import MAX_CALLBACKS, QUEUED, RUNNING, TEARDOWN, Entry, RequestView, Scope
@@ -135,7 +135,8 @@ def _call(func: t.Any, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> Non
 
 
 def _finish(func: t.Any, result: object) -> None:
-    """Run what a callback returned to completion, when it is awaitable."""
+    """Run what a callback returned to completion, when it is awaitable; a generator
+    (whose body would never run) is the callback's failure."""
     if type(result) is CoroutineType:
         asyncio.run(result)
     elif inspect.isawaitable(result):
@@ -144,6 +145,12 @@ def _finish(func: t.Any, result: object) -> None:
         raise TypeError(
             f"'{callback_name(func)}' returned an async generator, which cannot be run"
             " to completion. Queue a coroutine function instead."
+        )
+    elif type(result) is GeneratorType:  # a callable object whose __call__ has a 'yield'
+        result.close()
+        raise TypeError(
+            f"'{callback_name(func)}' returned a generator, whose body never runs."
+            " Queue a plain function (no 'yield')."
         )
 
 

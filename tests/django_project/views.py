@@ -7,6 +7,7 @@ shows that it runs after the response arrived.
 
 from __future__ import annotations
 
+import functools
 import threading
 import typing as t
 
@@ -165,6 +166,12 @@ def async_count(request: HttpRequest, text: str) -> HttpResponse:
     return HttpResponse("queued")
 
 
+def remember_lazily(item: object) -> t.Iterator[None]:
+    """A generator function: its body runs only when iterated, never by a call."""
+    recorded.append((item, None))
+    yield
+
+
 def commit_checked(request: HttpRequest, kind: str) -> HttpResponse:
     """``after_commit()`` calls that ``after()`` would refuse, then another on_commit hook."""
     with transaction.atomic():
@@ -172,6 +179,8 @@ def commit_checked(request: HttpRequest, kind: str) -> HttpResponse:
         try:
             if kind == "json":
                 after_commit(remember, object())  # a CeleryRunner cannot send it
+            elif kind == "generator":  # calling it would only make a generator
+                after_commit(functools.partial(remember_lazily, "never"))
             else:
                 for i in range(3):  # past max_callbacks=2
                     after_commit(remember, i)

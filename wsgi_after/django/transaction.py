@@ -28,6 +28,7 @@ import weakref
 from django.db import DEFAULT_DB_ALIAS, transaction
 
 from .. import OutsideRequestError, after, current_chain
+from .._context import refuse_generators
 from .._execute import Received
 from .._request import Callback
 from ..naming import callback_name
@@ -45,7 +46,8 @@ def after_commit(
 
     :param func: a callable (a coroutine function works, as with ``after()``).
     :param using: the database alias (``None``: the default database).
-    :raises TypeError: if ``func`` is not callable, or the runner cannot take it
+    :raises TypeError: if ``func`` is not callable, is a generator or async generator
+        function (as ``after()`` refuses), or the runner cannot take it
         (``after()``'s checks, made here: at commit the row is already committed).
     :raises OutsideRequestError: if no request handled by the middleware is current.
     :raises RuntimeError: if the request's callbacks, queued and waiting for a
@@ -55,6 +57,7 @@ def after_commit(
     """
     if not callable(func):
         raise TypeError(f"'after_commit()' needs a callable, got {type(func).__name__!r}.")
+    refuse_generators(func, "after_commit")
     chain = current_chain()
     if chain is None:
         raise OutsideRequestError(
