@@ -13,7 +13,7 @@ import typing as t
 
 import pytest
 
-import wsgi_after._pool
+import wsgi_after._worker
 from tests.helpers import TIMEOUT, serve, wait_for
 from wsgi_after import AfterMiddleware, RunnerStats, ThreadRunner, after
 from wsgi_after.losslog import LossLog
@@ -39,11 +39,8 @@ def blocked_runner(
 
 
 def wait_until_blocked(runner: ThreadRunner, count: int = 1) -> None:
-    """Wait until ``count`` submitters wait for room in ``runner``'s full queue.
-
-    White box: nothing public tells that a thread waits inside ``submit()``.
-    """
-    wait_for(lambda: runner._blocked == count, what=f"{count} blocked submitter(s)")
+    """Wait until ``count`` submitters wait for room in ``runner``'s full queue."""
+    wait_for(lambda: runner.stats().blocked == count, what=f"{count} blocked submitter(s)")
 
 
 def test_submit_runs_on_named_worker_threads(runner: ThreadRunner) -> None:
@@ -603,8 +600,8 @@ def test_a_worker_on_its_full_queue_is_warned_about_once(log: pytest.LogCaptureF
 
 
 def test_a_submitter_that_got_room_no_longer_waits() -> None:
-    # White box: the count of waiting submitters is what makes every worker take
-    # the lock to wake them; once they got room it must be back to zero.
+    # The count of waiting submitters is what makes every worker take the lock to
+    # wake them; once they got room it must be back to zero.
     runner, _, release = blocked_runner("block", max_pending=1)
     runner.submit(lambda: None)  # the queue is full
     waiter = threading.Thread(target=runner.submit, args=(lambda: None,))
@@ -613,7 +610,7 @@ def test_a_submitter_that_got_room_no_longer_waits() -> None:
     release.set()
     waiter.join(TIMEOUT)
     assert not waiter.is_alive()
-    assert runner._blocked == 0
+    assert runner.stats().blocked == 0
     assert runner.wait_idle(TIMEOUT)
     runner.shutdown(TIMEOUT)
 
@@ -631,7 +628,7 @@ def test_a_waiter_still_wakes_after_another_waiter_gave_up() -> None:
     release.set()
     waiter.join(TIMEOUT)
     assert results == [False, True]
-    assert runner._idle_waiters == 0  # white box: no worker wakes a waiter that left
+    assert runner.stats().idle_waiters == 0  # no worker wakes a waiter that left
     runner.shutdown(TIMEOUT)
 
 
@@ -666,7 +663,7 @@ def test_wait_idle_waits_out_a_short_timeout() -> None:
     runner, _, release = blocked_runner("block")
 
     def release_once_waited_on() -> None:
-        wait_for(lambda: runner._idle_waiters, what="wait_idle() to wait")  # white box
+        wait_for(lambda: runner.stats().idle_waiters, what="wait_idle() to wait")
         release.set()
 
     releaser = threading.Thread(target=release_once_waited_on)
@@ -677,17 +674,18 @@ def test_wait_idle_waits_out_a_short_timeout() -> None:
 
 
 def test_an_idle_worker_stays_while_tasks_are_queued() -> None:
-    # White box: a worker whose wait for work timed out just as a task arrived
-    # must not end (the task would wait for the next submit to start a thread).
+    # Through the worker loop's seam (ThreadRunner.retire): a worker whose wait for
+    # work timed out just as a task arrived must not end (the task would wait for
+    # the next submit to start a thread).
     runner, _, release = blocked_runner("block")
     runner.submit(lambda: None)  # queued behind the busy worker
-    [worker] = list(runner._threads)
-    assert runner._retire(worker, idle=True) is False
-    assert runner._live == 1
+    [worker] = runner.workers() or []
+    assert runner.retire(worker, idle=True) is False
+    assert runner.workers() == [worker]
     release.set()
     assert runner.wait_idle(TIMEOUT)
     runner.begin_shutdown()
-    assert runner._retire(worker, idle=True) is False  # it takes its stop signal first
+    assert runner.retire(worker, idle=True) is False  # it takes its stop signal first
     assert runner.finish_shutdown(None) is True
 
 
@@ -711,22 +709,25 @@ def test_a_bad_timeout_at_shutdown_is_named() -> None:
     assert runner.shutdown(TIMEOUT) is True
 
 
-def test_a_task_arriving_as_a_worker_times_out_is_still_run() -> None:
-    # The race made certain: a task is submitted just as the worker's wait for work
-    # timed out, before it asks to retire. The worker must stay and run it.
+def test_a_task_arriving_as_a_worker_times_out_is_still_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The race made certain, through the worker loop's seam (ThreadRunner.retire): a
+    # task is submitted just as the worker's wait for work timed out, before it asks
+    # to retire. The worker must stay and run it.
     runner = ThreadRunner(max_workers=1, idle_timeout=0.01)
-    retire = runner._retire
+    retire = runner.retire
     late = threading.Event()
 
-    def submit_then_retire(worker: t.Any, *, idle: bool) -> bool:
-        if not late.is_set() and not runner._queue.qsize():
+    def submit_then_retire(worker: wsgi_after._worker.Worker, /, *, idle: bool) -> bool:
+        if not late.is_set() and not runner.stats().queued:
             runner.submit(late.set)  # one worker is live: no new thread starts for it
         return retire(worker, idle=idle)
 
-    runner._retire = submit_then_retire  # type: ignore[method-assign]
+    monkeypatch.setattr(runner, "retire", submit_then_retire)
     runner.submit(lambda: None)
     assert late.wait(TIMEOUT)
-    runner._retire = retire  # type: ignore[method-assign]
+    monkeypatch.undo()
     runner.shutdown(TIMEOUT)
 
 
@@ -786,7 +787,9 @@ def test_a_failed_thread_start_is_retried_after_a_second_only(
 ) -> None:
     now = [1000.0]
     monkeypatch.setattr(
-        wsgi_after._pool, "time", types.SimpleNamespace(monotonic=lambda: now[0], sleep=time.sleep)
+        wsgi_after._worker,
+        "time",
+        types.SimpleNamespace(monotonic=lambda: now[0], sleep=time.sleep),
     )
     runner = ThreadRunner(max_workers=2, drain_timeout=5, name="flaky")
     busy, release = threading.Event(), threading.Event()
@@ -824,7 +827,7 @@ def test_a_failed_thread_start_is_retried_after_a_second_only(
     monkeypatch.setattr(threading.Thread, "start", real_start)
     # The waits below take their deadlines from the real clock (wsgi_after.lifecycle):
     # the runner must read that clock too, however far from it the fake one is.
-    monkeypatch.setattr(wsgi_after._pool, "time", time)
+    monkeypatch.setattr(wsgi_after._worker, "time", time)
     release.set()
     assert runner.wait_idle(TIMEOUT)
     assert runner.shutdown(TIMEOUT) is True
@@ -834,7 +837,7 @@ def test_wait_idle_without_a_timeout_waits_until_idle() -> None:
     runner, _, release = blocked_runner("block")
 
     def release_once_waited_on() -> None:
-        wait_for(lambda: runner._idle_waiters, what="wait_idle() to wait")  # white box
+        wait_for(lambda: runner.stats().idle_waiters, what="wait_idle() to wait")
         release.set()
 
     releaser = threading.Thread(target=release_once_waited_on)

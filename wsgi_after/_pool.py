@@ -1,12 +1,16 @@
-"""The thread pool: :class:`ThreadRunner` and its worker threads' loop.
+"""The thread pool: :class:`ThreadRunner`, its queue, policies and drain.
 
 ``submit()`` takes one lock and puts the task on a :class:`queue.SimpleQueue`;
 worker threads (started on demand, ended when idle or when the runner is freed)
 take tasks in order and run them. The pool knows nothing about WSGI: a task is a
-callable (a request's chain), see :class:`wsgi_after.runner.Task`. Options and
-their defaults: :class:`wsgi_after.runner.PoolOptions`; the slow-callback
-watchdog: :mod:`wsgi_after._watchdog`; fork, exit and the shared shutdown
-deadline: :mod:`wsgi_after.lifecycle`::
+callable (a request's chain), see :class:`wsgi_after.runner.Task`. This module
+decides when threads start and end and what happens to a task (the ``on_full``
+policy, the drain at shutdown, the counters); the threads themselves, their loop
+and what they share with the runner (a :class:`~wsgi_after._worker.Crew`):
+:mod:`wsgi_after._worker`. Options and their defaults:
+:class:`wsgi_after.runner.PoolOptions`; the slow-callback watchdog:
+:mod:`wsgi_after._watchdog`; fork, exit and the shared shutdown deadline:
+:mod:`wsgi_after.lifecycle`::
 
     runner = ThreadRunner(max_workers=8, max_pending=5000, on_full="drop")
     runner.submit(task)
@@ -16,15 +20,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
-import queue
 import threading
 import time
 import typing as t
 import weakref
 
-from . import _watchdog, events, lifecycle
+from . import _watchdog, lifecycle
+from ._worker import Crew, Worker, wake
 from .callback_stats import CallbackStats, for_runner
 from .losslog import LossLog
 from .runner import (
@@ -41,86 +44,6 @@ from .runner import (
 )
 
 logger = logging.getLogger("wsgi_after")
-
-
-class Worker:
-    """One worker thread's counters; only that thread writes them, so no lock."""
-
-    __slots__ = ("completed", "current", "failed", "ident", "max_delay")
-
-    def __init__(self) -> None:
-        self.current: t.Callable[[], object] | None = None
-        self.completed = 0
-        self.failed = 0
-        self.max_delay = 0.0
-        self.ident = 0
-
-
-def _work(
-    ref: weakref.ref[ThreadRunner],
-    tasks: queue.SimpleQueue[tuple[t.Callable[[], object], float] | None],
-    worker: Worker,
-    idle_timeout: float | None,
-    generation: int,
-) -> None:
-    """A worker thread's loop. It holds its runner only weakly between tasks, so a
-    runner nobody uses any more (a freed app's) is freed, and its threads end."""
-    worker.ident = threading.get_ident()
-    events.set_runner(ref())  # once: the events of the callbacks run here name it
-    monotonic = time.monotonic
-    while True:
-        try:
-            item = tasks.get(True, idle_timeout)
-        except queue.Empty:
-            runner = ref()
-            if runner is None or runner._retire(worker, idle=True):
-                return
-            del runner
-            continue
-        if item is None:
-            runner = ref()
-            if runner is not None:
-                runner._retire(worker, idle=False)
-            return
-        fn, queued_at = item
-        del item
-        runner = ref()  # held while the task runs: a runner in use is not freed
-        if runner is not None and runner._blocked:
-            runner._wake_blocked()
-        delay = monotonic() - queued_at
-        if delay > worker.max_delay:
-            worker.max_delay = delay
-        worker.current = fn
-        error: BaseException | None = None
-        try:
-            ok = fn() is not False
-        except BaseException as e:
-            ok = False
-            error = e
-            if lifecycle.generation == generation and getattr(fn, "callback_names", None) is None:
-                request, names = describe_task(fn)  # a Task logs its own callbacks
-                logger.error("Task %s queued by '%s' raised.", names, request, exc_info=e)
-        if lifecycle.generation != generation:
-            lifecycle.leave_forked_child(error)
-        del error
-        if not ok:
-            worker.failed += 1
-        worker.current = fn = None  # type: ignore[assignment]
-        worker.completed += 1  # before reading _idle_waiters: wait_idle() relies on it
-        if runner is not None and runner._idle_waiters:
-            with runner._lock:
-                runner._changed.notify_all()
-        runner = None
-
-
-def _wake(
-    tasks: queue.SimpleQueue[tuple[t.Callable[[], object], float] | None],
-    count: int,
-    ref: object,
-) -> None:
-    """The runner was freed: its workers run what is queued, then end."""
-    for _ in range(count):
-        tasks.put(None)
 
 
 class ThreadRunner:
@@ -224,28 +147,20 @@ class ThreadRunner:
 
     def _reset(self) -> None:
         """Set up the per-process state: at init, and in the child after ``fork()``."""
-        self._lock = threading.Lock()
-        self._not_full = threading.Condition(self._lock)
-        self._changed = threading.Condition(self._lock)
-        self._queue: queue.SimpleQueue[tuple[t.Callable[[], object], float] | None] = (
-            queue.SimpleQueue()
-        )
+        crew = self._crew = Crew()  # shared with the worker threads (public fields)
+        # Bound here too: submit() reads them per request, one attribute load each.
+        self._lock = crew.lock
+        self._queue = crew.queue
         # The workers hold the runner weakly; once it is freed, wake them to end.
-        self._ref = weakref.ref(self, functools.partial(_wake, self._queue, self.max_workers))
-        self._threads: dict[Worker, threading.Thread] = {}
-        self._live = 0  # len(self._threads), read on the hot path
-        self._spawned = 0  # threads started in this process, for their names
-        self._retired = Worker()  # counters of the threads that ended
+        self._ref = weakref.ref(self, functools.partial(wake, crew, self.max_workers))
+        self._live = 0  # len(crew.threads), read on the hot path
         self._submitted = 0  # tasks put on the queue; with the workers' counts, what is left
-        self._blocked = 0  # submitters waiting for room ("block")
-        self._idle_waiters = 0  # callers of wait_idle()
         self._dropped = 0  # refused because the queue was full
         self._lost_count = 0  # still queued when shutdown's drain ended
         self._shutdown = False
         self._shutdown_at = 0.0
         self._drained: bool | None = None  # the result of the drain, once it ended
         self._exiting = False
-        self._start_error_at = -math.inf  # when a thread last failed to start
         self._warned_reentry = False
         self._hung = 0  # callbacks reported slow
         self._watchdog: threading.Thread | None = None
@@ -305,7 +220,7 @@ class ThreadRunner:
             with self._lock:
                 self._dropped += 1
             lose(self._drops, "dropped", fn, self)
-        elif self._in_worker():
+        elif self._crew.in_worker():
             if not self._warned_reentry:
                 self._warned_reentry = True
                 logger.warning(
@@ -320,15 +235,16 @@ class ThreadRunner:
 
     def _submit_blocking(self, fn: t.Callable[[], object]) -> None:
         lifecycle.keep_exit_hook_first()  # so that exit releases this thread, whatever hook
+        crew = self._crew
         with self._lock:
-            self._blocked += 1
+            crew.blocked += 1
             try:
                 while (
                     self._queue.qsize() >= self.max_pending
                     and not self._shutdown
                     and not self._exiting
                 ):
-                    self._not_full.wait()
+                    crew.not_full.wait()
                 if not self._shutdown:
                     # Past the bound only when the interpreter is exiting: the drain
                     # at exit runs it, or logs it by name.
@@ -336,16 +252,8 @@ class ThreadRunner:
                     self._queue.put((fn, time.monotonic()))
                     return
             finally:
-                self._blocked -= 1
+                crew.blocked -= 1
         self._submit_slow(fn)  # shutdown began while we waited: run it here
-
-    def _wake_blocked(self) -> None:
-        with self._lock:
-            self._not_full.notify()
-
-    def _in_worker(self) -> bool:
-        ident = threading.get_ident()
-        return any(w.ident == ident for w in list(self._threads))
 
     def start(self) -> None:
         """Start every worker thread now rather than at the next ``submit()``."""
@@ -356,95 +264,44 @@ class ThreadRunner:
     def _start_missing(self) -> None:
         """Start worker threads up to ``max_workers`` (lock held); stop at a failure."""
         while self._live < self.max_workers:
-            if not self._spawn():
+            if not self._crew.start(self._ref, self.name, self.idle_timeout, self._live):
                 break
-
-    def _spawn(self) -> bool:
-        """Start one worker thread (lock held). False if it could not start."""
-        now = time.monotonic()
-        if self._live and now - self._start_error_at < 1.0:
-            return False  # it failed a moment ago: do not try on every request
-        lifecycle.keep_exit_hook_first()  # before an executor's, imported after us
-        worker = Worker()
-        thread = threading.Thread(
-            target=_work,
-            args=(self._ref, self._queue, worker, self.idle_timeout, lifecycle.generation),
-            name=f"{self.name}-{self._spawned}",
-            daemon=True,
-        )
-        try:
-            thread.start()
-        except RuntimeError as e:  # "can't start new thread"
-            self._start_error_at = now
-            logger.error(
-                "'%s' could not start a worker thread (%s); %s",
-                self.name,
-                e,
-                "its tasks run in the submitting threads until one starts."
-                if not self._live
-                else f"it goes on with {self._live}.",
-            )
-            return False
-        self._threads[worker] = thread
-        self._live += 1
-        self._spawned += 1
-        if self.slow_callback is not None and self._watchdog is None:
-            self._watchdog = _watchdog.start(self._ref, self.name, self.slow_callback)
-        return True
+            self._live += 1
+            if self.slow_callback is not None and self._watchdog is None:
+                self._watchdog = _watchdog.start(self._ref, self.name, self.slow_callback)
 
     def workers(self) -> list[Worker] | None:
         """The records of the live worker threads (what each runs now), for the
         watchdog; None once the runner shuts down."""
         with self._lock:
-            return None if self._shutdown else list(self._threads)
+            return None if self._shutdown else list(self._crew.threads)
 
     def report_slow(self, worker: Worker, task: object, running_for: float) -> None:
         """Report, once, a callback the watchdog saw running for ``running_for`` seconds:
         a WARNING with its thread's stack, a ``"slow"`` event, ``stats().hung``."""
-        request, names = describe_task(task)
-        name = names[0] if names else "?"
-        logger.warning(
-            "Callback '%s' queued by '%s' has been running for %.1f s on '%s'"
-            " (slow_callback=%.1f s). Its thread's stack:\n%s",
-            name,
-            request,
-            running_for,
-            self.name,
-            self.slow_callback,
-            thread_stack(worker.ident),
-        )
-        if events.listeners:
-            method, _, path = request.partition(" ")
-            slow = events.CallbackEvent(
-                "slow", name, method, path, run_time=running_for, runner=self
-            )
-            events.emit(slow)
+        _watchdog.report(self, worker, task, running_for)
         with self._lock:  # counted once it is logged: whoever sees the count sees the line
             self._hung += 1
 
-    def _retire(self, worker: Worker, *, idle: bool) -> bool:
-        """A worker thread is about to end: fold its counters in. False keeps it
-        working (an idle worker while tasks arrived after all)."""
+    def retire(self, worker: Worker, /, *, idle: bool) -> bool:
+        """A worker thread of this runner is about to end (the worker loop's call,
+        :class:`wsgi_after._worker.Pool`): its counters are kept. False keeps it
+        working: an idle one (``idle``: its wait for work timed out) while tasks
+        arrived after all, or while the runner shuts down (it takes its stop signal).
+        """
         with self._lock:
             if idle and (self._queue.qsize() or self._shutdown):
                 return False
-            if self._threads.pop(worker, None) is not None:
+            if self._crew.remove(worker):
                 self._live -= 1
-                retired = self._retired
-                retired.completed += worker.completed
-                retired.failed += worker.failed
-                retired.max_delay = max(retired.max_delay, worker.max_delay)
             return True
-
-    def _workers(self) -> list[Worker]:
-        return [self._retired, *self._threads]
 
     def _unfinished(self) -> int:
         """Tasks queued or running (call with the lock held)."""
-        return self._submitted - self._lost_count - sum(w.completed for w in self._workers())
+        return self._submitted - self._lost_count - sum(w.completed for w in self._crew.records())
 
     def _refuse_in_worker(self, method: str) -> None:
-        if self._in_worker():
+        if self._crew.in_worker():
             raise RuntimeError(
                 f"'{method}()' was called from a callback running on '{self.name}', and"
                 " would wait for that callback itself. Call it from outside the runner's"
@@ -460,17 +317,18 @@ class ThreadRunner:
         """
         deadline = lifecycle.deadline_after(lifecycle.check_timeout(timeout))
         self._refuse_in_worker("wait_idle")
+        crew = self._crew
         with self._lock:
-            self._idle_waiters += 1
+            crew.idle_waiters += 1
             try:
                 while self._unfinished():
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return False
-                    self._changed.wait(remaining)
+                    crew.changed.wait(remaining)
                 return True
             finally:
-                self._idle_waiters -= 1
+                crew.idle_waiters -= 1
 
     def stats(self) -> RunnerStats:
         """Counters since this process started using the runner (and, with
@@ -478,9 +336,11 @@ class ThreadRunner:
         with self._lock:
             queued = self._queue.qsize()
             unfinished = self._unfinished()
-            workers = self._workers()
+            workers = self._crew.records()
             dropped = self._dropped + self._lost_count
             hung = self._hung
+            blocked = self._crew.blocked
+            idle_waiters = self._crew.idle_waiters
         return RunnerStats(
             queued=min(queued, unfinished),
             running=max(0, unfinished - queued),
@@ -489,6 +349,8 @@ class ThreadRunner:
             dropped=dropped,
             max_queue_delay=max(w.max_delay for w in workers),
             hung=hung,
+            blocked=blocked,
+            idle_waiters=idle_waiters,
             **callback_fields(self.callback_stats),
         )
 
@@ -522,9 +384,8 @@ class ThreadRunner:
                 return
             self._shutdown = True
             self._shutdown_at = time.monotonic()
-            for _ in range(self._live):
-                self._queue.put(None)  # after everything queued: workers drain, then stop
-            self._not_full.notify_all()
+            self._crew.stop(self._live)  # after everything queued: workers drain, then stop
+            self._crew.not_full.notify_all()
 
     def finish_shutdown(self, deadline: float | None) -> bool:
         """Wait for the workers until ``deadline`` (``time.monotonic()``; None: no
@@ -536,33 +397,17 @@ class ThreadRunner:
         with self._lock:
             if self._drained is not None:
                 return self._drained
-            threads = list(self._threads.values())
-        me = threading.current_thread()
-        for thread in threads:
-            if thread is not me:
-                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._crew.join(deadline)
         self._lost.reason = (
             f"{self.name!r} shut down before its turn"
             f" (it drained for {time.monotonic() - self._shutdown_at:.1f} s)."
         )
-        lost = []
-        stops = 0
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                lost.append(item[0])
-            else:
-                stops += 1
-        for _ in range(stops):  # a worker still running (or draining) ends after its task
-            self._queue.put(None)
+        lost = self._crew.take_queued()
         for fn in lost:
             lose(self._lost, "lost", fn, self)
         with self._lock:
             self._lost_count += len(lost)
-            running = [(w.current, w.ident) for w in self._threads if w.current is not None]
+            running = self._crew.running()
         for fn, ident in running:
             request, names = describe_task(fn)
             logger.error(
@@ -582,4 +427,4 @@ class ThreadRunner:
         """The interpreter is exiting: release the submitters waiting for room."""
         with self._lock:
             self._exiting = True
-            self._not_full.notify_all()
+            self._crew.not_full.notify_all()

@@ -10,16 +10,21 @@ WARNING with the thread's stack, a ``"slow"`` event, ``stats().hung``)::
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import typing as t
 
-from . import lifecycle
+from . import events, lifecycle
+from .runner import describe_task, thread_stack
 
 if t.TYPE_CHECKING:
     import weakref
 
-    from ._pool import ThreadRunner, Worker
+    from ._pool import ThreadRunner
+    from ._worker import Worker
+
+logger = logging.getLogger("wsgi_after")
 
 
 def start(ref: weakref.ref[ThreadRunner], name: str, slow: float) -> threading.Thread | None:
@@ -68,3 +73,24 @@ def watch(ref: weakref.ref[ThreadRunner], slow: float, generation: int) -> None:
         for worker in set(seen) - set(workers):
             del seen[worker]
         runner = task = None  # hold the runner only while sampling
+
+
+def report(runner: ThreadRunner, worker: Worker, task: object, running_for: float) -> None:
+    """Log a callback seen running for ``running_for`` seconds on ``runner``'s
+    ``worker`` at WARNING, with its thread's stack, and emit a ``"slow"`` event."""
+    request, names = describe_task(task)
+    name = names[0] if names else "?"
+    logger.warning(
+        "Callback '%s' queued by '%s' has been running for %.1f s on '%s'"
+        " (slow_callback=%.1f s). Its thread's stack:\n%s",
+        name,
+        request,
+        running_for,
+        runner.name,
+        runner.slow_callback,
+        thread_stack(worker.ident),
+    )
+    if events.listeners:
+        method, _, path = request.partition(" ")
+        slow = events.CallbackEvent("slow", name, method, path, run_time=running_for, runner=runner)
+        events.emit(slow)

@@ -173,6 +173,10 @@ class RunnerStats:
     queue_delay: Percentiles | None = None
     #: Percentiles of the callbacks' run times, over the most recent callbacks.
     run_time: Percentiles | None = None
+    #: Threads waiting inside ``submit()`` for room in the full queue (``on_full="block"``).
+    blocked: int = 0
+    #: Threads waiting inside ``wait_idle()``.
+    idle_waiters: int = 0
 
 
 def callback_fields(stats: CallbackStats | None) -> dict[str, t.Any]:

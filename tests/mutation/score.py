@@ -1,7 +1,7 @@
 """Mutation score of the core: run mutmut, then count, minus the equivalent mutants.
 
 The core modules (``_context``, ``_chain``, ``_execute``, ``_request``, ``_response``,
-``runner``, ``_pool``, ``_watchdog``, ``middleware``) and the
+``runner``, ``_pool``, ``_worker``, ``_watchdog``, ``middleware``) and the
 Flask extension (``flask``; see ``[tool.mutmut]`` in pyproject.toml) are mutated
 one small change at a time, and the unit tests must fail for each change. A
 mutant that no test can tell from the original (an equivalent mutant) is listed,
@@ -36,6 +36,7 @@ CORE = (
     "wsgi_after._response.*",
     "wsgi_after.runner.*",
     "wsgi_after._pool.*",
+    "wsgi_after._worker.*",
     "wsgi_after._watchdog.*",
     "wsgi_after.middleware.*",
     "wsgi_after.flask.*",

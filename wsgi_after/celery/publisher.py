@@ -10,12 +10,16 @@ runner's drops, and its payload goes to the ``dead_letter`` hook if one is set;
 listeners of :mod:`wsgi_after.events` see each of its callbacks as ``"dropped"``
 (the queue was full) or ``"lost"`` (given up on), with this runner as ``runner``.
 The W3C trace context travels in the message headers when OpenTelemetry is
-installed (:func:`wsgi_after.otel.trace_headers`).
+installed (:func:`wsgi_after.otel.trace_headers`). What a message carries is
+fixed by :mod:`wsgi_after.celery._payload`; a forked child's broker connections
+are its own (:mod:`wsgi_after.celery._connections`)::
+
+    runner = CeleryRunner(celery_app, allow=["shop"], dead_letter=store_payload)
+    runner.submit(chain)  # at the response's close: queued for the publisher thread
 """
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import logging
 import threading
@@ -25,51 +29,19 @@ import typing as t
 import celery
 import celery.exceptions
 import kombu.exceptions
-import kombu.pools
 
 from .. import events, lifecycle
 from .._chain import Chain
-from .._context import current_chain
 from ..callback_stats import CallbackStats, NameStats, for_runner
 from ..losslog import LossLog
 from ..naming import callback_name
-from ..remote import make_message
 from ..runner import ThreadRunner
-from .message import (
-    TASK_NAME,
-    CallbackRef,
-    describe,
-    encode_arguments,
-    event_name,
-    safe_text,
-)
-from .policy import configure_allow, publishable_reference
-
-_otel_headers: t.Callable[[contextvars.Context], dict[str, str]] | None
-try:  # optional: the trace context travels only when OpenTelemetry is installed
-    from ..otel import trace_headers as _otel_headers
-except ImportError:  # pragma: no cover - depends on the environment
-    _otel_headers = None
+from . import _payload
+from ._connections import forget_inherited
+from .message import TASK_NAME, describe, event_name, safe_text
+from .policy import configure_allow
 
 logger = logging.getLogger("wsgi_after")
-
-
-class _Checked(t.NamedTuple):
-    """What :meth:`CeleryRunner.check_callback` made of one ``after()`` call."""
-
-    kwargs: dict[str, t.Any]  # the call's own kwargs dict: which queued callback it is
-    reference: str
-    args: list[t.Any]
-    sent_kwargs: dict[str, t.Any]
-
-
-# The encoded copy of the arguments of the after() call being checked. after() copies
-# the context right after the check, so the copy travels in the queued callback's own
-# context snapshot, never in the environ (Django's request.META, which a 500's error
-# report mails to ADMINS).
-_CHECKED: contextvars.ContextVar[_Checked | None] = contextvars.ContextVar(
-    "wsgi_after.celery.checked", default=None
-)
 
 # What a dead or unreachable broker raises when publishing.
 _BROKER_ERRORS = (kombu.exceptions.OperationalError, ConnectionError, OSError)
@@ -218,11 +190,7 @@ class CeleryRunner:
         :raises TypeError: if ``func`` is neither a Celery task nor a module-level
             function of a module in ``allow``, or its arguments do not serialize.
         """
-        name = callback_name(func)
-        reference = publishable_reference(func, name, self.allow)
-        snapshot = encode_arguments(name, args, kwargs, self.serializer)
-        if current_chain() is not None:
-            _CHECKED.set(_Checked(kwargs, reference, *snapshot))
+        _payload.check(func, args, kwargs, self.allow, self.serializer)
 
     def submit(self, fn: t.Callable[[], object], /) -> None:
         """Queue the chain's message for the publisher thread; never blocks."""
@@ -230,8 +198,8 @@ class CeleryRunner:
             raise TypeError(
                 f"'CeleryRunner' publishes request chains only, got {type(fn).__name__!r}."
             )
-        payload = self._payload(fn)
-        headers = trace_headers(fn)
+        payload = _payload.build(fn, self.allow, self.serializer)
+        headers = _payload.trace_headers(fn)
         fn.discard()  # its callbacks now live in the payload
         with self._lock:
             full = self._queued >= self.max_pending
@@ -300,7 +268,7 @@ class CeleryRunner:
     def reset_after_fork(self) -> None:
         """In a child after ``fork()``: fresh counters, lock and publisher state, and
         broker connections of its own (Celery resets its pools only in its own children)."""
-        _forget_inherited_connections(self.celery_app)
+        forget_inherited(self.celery_app)
         self._reset()
         self._publisher.reset_after_fork()
         if self.callback_stats is not None:
@@ -314,25 +282,6 @@ class CeleryRunner:
             self._encode_log,
             self._error_log,
         )
-
-    def _payload(self, chain: Chain) -> dict[str, t.Any]:
-        callbacks = []
-        for func, args, kwargs, context in chain.queued():
-            checked = context.get(_CHECKED)
-            if checked is not None and checked.kwargs is kwargs:
-                _, reference, sent_args, sent_kwargs = checked
-            else:  # not checked by after() (another runner's chain): check it now
-                name = callback_name(func)
-                try:
-                    reference = publishable_reference(func, name, self.allow)
-                except TypeError:
-                    reference = name  # the worker refuses it, and logs so
-                try:
-                    sent_args, sent_kwargs = encode_arguments(name, args, kwargs, self.serializer)
-                except TypeError:  # publishing fails to encode it: logged, dead-lettered
-                    sent_args, sent_kwargs = list(args), kwargs
-            callbacks.append(CallbackRef(reference, sent_args, sent_kwargs))
-        return make_message(chain, callbacks)
 
     def _publish(self, item: _Publish) -> bool:
         with self._lock:
@@ -442,33 +391,3 @@ class _Publish:
             runner._queued -= 1
             runner._dropped += 1
         runner._lose(self.payload, runner._shutdown_log, kind)
-
-
-# Broker connections a forked child inherited: kept referenced, so that nothing closes
-# them (closing shuts down a socket the parent still uses), and never used again.
-_inherited: list[object] = []
-
-
-def _forget_inherited_connections(celery_app: celery.Celery) -> None:
-    """In a child after a plain ``fork()`` (gunicorn ``--preload``): make the app and
-    kombu's pools open new connections. A socket shared with the parent and the other
-    children interleaves their frames: py-amqp publishers hung in a read, for ever."""
-    # The app's pools are kombu's (its connection pool and producer pool come from
-    # kombu.pools' groups): keep them all, then empty the groups.
-    _inherited.append((dict(kombu.pools.connections), dict(kombu.pools.producers)))
-    kombu.pools.connections.clear()
-    kombu.pools.producers.clear()
-    # What Celery runs in the children of its own pool: the app drops its references.
-    after_fork = getattr(celery_app, "_after_fork", None)
-    if after_fork is not None:
-        try:
-            after_fork()
-        except Exception:  # a fork hook must not fail the child's other resets
-            logger.exception("Could not reset the Celery app's broker pools after fork().")
-
-
-def trace_headers(chain: Chain) -> dict[str, str]:
-    """The W3C trace context current at the first ``after()``, for the message headers."""
-    if _otel_headers is None or not chain.callbacks:
-        return {}
-    return _otel_headers(chain.queued()[0].context)
