@@ -237,6 +237,68 @@ def test_teardown_handlers_run_after_each_callback() -> None:
     ]
 
 
+def test_request_tearing_down_is_sent_for_each_callback_without_teardown_functions() -> None:
+    # The callback's teardown_request step is skipped only where it would do nothing:
+    # a receiver of request_tearing_down (connected after the app served) still gets it.
+    app = make_app()
+    After(app)
+    sent: list[tuple[Flask, str]] = []
+
+    def receiver(sender: Flask, exc: BaseException | None = None, **extra: object) -> None:
+        sent.append((sender, type(exc).__name__ if exc else "None"))
+
+    def fails() -> None:
+        raise ValueError("x")
+
+    @app.get("/")
+    def view() -> str:
+        after(lambda: None)
+        after(fails)
+        return ""
+
+    app.test_client().get("/", buffered=True)
+    assert sent == []
+    flask.request_tearing_down.connect(receiver, app)
+    try:
+        app.test_client().get("/", buffered=True)
+    finally:
+        flask.request_tearing_down.disconnect(receiver, app)
+    # The request's own, then each callback's with the callback's error.
+    assert sent == [(app, "None"), (app, "None"), (app, "ValueError")]
+
+
+def test_an_app_class_overriding_do_teardown_request_gets_it_for_each_callback() -> None:
+    calls: list[str] = []
+
+    if hasattr(flask.ctx.AppContext, "has_request"):  # Flask 3.2 passes the context first
+
+        class AuditedFlask(Flask):
+            def do_teardown_request(  # type: ignore[override,unused-ignore]
+                self, ctx: flask.ctx.AppContext, exc: BaseException | None = None
+            ) -> None:
+                calls.append(request.path)
+                super().do_teardown_request(ctx, exc)  # type: ignore[call-arg,arg-type,unused-ignore]
+
+    else:
+
+        class AuditedFlask(Flask):  # type: ignore[no-redef]
+            def do_teardown_request(self, *args: t.Any) -> None:
+                calls.append(request.path)
+                super().do_teardown_request(*args)
+
+    app = AuditedFlask(__name__)
+    app.config.update(AFTER_INLINE=True)
+    After(app)
+
+    @app.get("/orders")
+    def view() -> str:
+        after(lambda: None)
+        return ""
+
+    app.test_client().get("/orders", buffered=True)
+    assert calls == ["/orders", "/orders"]  # the request's own, then the callback's
+
+
 def test_after_from_hooks_error_handlers_and_streams() -> None:
     app = make_app()
     After(app)

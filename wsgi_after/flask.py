@@ -43,7 +43,7 @@ import weakref
 
 import flask
 import flask.ctx
-from flask import Flask, got_request_exception
+from flask import Flask, got_request_exception, request_tearing_down
 from flask.globals import app_ctx
 from werkzeug.datastructures import EnvironHeaders
 
@@ -58,6 +58,10 @@ if t.TYPE_CHECKING:
 #: request=..., session=...)`` holds the request; earlier versions keep it in a
 #: separate ``RequestContext``.
 _MERGED_CONTEXTS = hasattr(flask.ctx.AppContext, "has_request")
+
+#: Flask's own ``do_teardown_request``: an app class that overrides it always gets it
+#: called for a callback's context, even with no ``teardown_request`` function.
+_FLASK_TEARDOWN_REQUEST = Flask.do_teardown_request
 
 #: Flask's proxies, typed loosely: ``_get_current_object()``, werkzeug's public way
 #: to the object a proxy stands for, is in Flask's types from 3.2 on only.
@@ -220,9 +224,15 @@ def _wsgi_app(app: Flask, wsgi_app: t.Any) -> t.Callable[..., t.Any]:
     func = wsgi_app.__func__  # the function: the closure holds no reference to the app
 
     def own_wsgi_app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Any:
-        chain = environ.get("wsgi_after.chain")
-        if chain is not None and chain.scope is None:
-            chain.scope = scope
+        # The middleware always sets the key before calling: a subscript, not a
+        # method call (a missing key costs nothing until it is missing).
+        try:
+            chain = environ["wsgi_after.chain"]
+        except KeyError:
+            pass
+        else:
+            if chain is not None and chain.scope is None:
+                chain.scope = scope
         app = app_ref()
         if app is None:
             raise RuntimeError(
@@ -252,7 +262,10 @@ class _CallbackContext:
     context is pushed over it, for a shallow copy of ``g``, as ``with
     app.app_context():`` inside a view does. Leaving runs ``teardown_request``
     (:meth:`~flask.Flask.do_teardown_request`, as the request context's pop
-    would), then pops the app context, which runs ``teardown_appcontext``.
+    would; skipped when the app has no ``teardown_request`` function, nothing
+    listens to ``request_tearing_down`` and the method is Flask's own, where it
+    would do nothing), then pops the app context, which runs
+    ``teardown_appcontext``.
     Nothing of the request is built again: no werkzeug request, no URL adapter,
     no routing, no session. Flask 3.2, whose one context holds both, gets a new
     context with the same request and session (its URL adapter built again, its
@@ -359,7 +372,14 @@ class _CallbackContext:
         if context is None:
             return
         try:
-            if teardown is not None:
+            # Flask < 3.2: this context's teardown_request, as the request context's pop
+            # would run it. Called only when something would run or listen (an empty
+            # call reads request.blueprints and sends a signal: a sixth of a callback).
+            if teardown is not None and (
+                teardown.teardown_request_funcs
+                or request_tearing_down.receivers
+                or type(teardown).do_teardown_request is not _FLASK_TEARDOWN_REQUEST
+            ):
                 teardown.do_teardown_request(exc)
         finally:
             try:
