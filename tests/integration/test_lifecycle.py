@@ -138,7 +138,9 @@ def test_max_requests_recycling_loses_nothing(tmp_path: pathlib.Path) -> None:
         recyclers = pids(tmp_path / "runs.sqlite")
     assert count_runs(tmp_path / "runs.sqlite", "recycle") == 20
     assert len(recyclers) >= 4  # the worker really was recycled
-    assert max(latencies) < 2.0
+    # No request waited for a drain (its bound is drain_timeout, 25 s): a recycle costs a
+    # worker's start, seconds at most on a loaded CI machine (2.06 s was seen at load 14).
+    assert max(latencies) < 10.0
 
 
 def test_waitress_with_exit_on_sigterm_drains(tmp_path: pathlib.Path) -> None:
