@@ -219,15 +219,7 @@ class TaskCall:
                 value = task.call(*result.args, **result.kwargs)
             _set(result, _return_value=normalize_json(value))
         except BaseException as e:
-            error_class = type(e)
-            result.errors.append(
-                TaskError(
-                    exception_class_path=f"{error_class.__module__}.{error_class.__qualname__}",
-                    traceback="".join(traceback.format_exception(e)),
-                )
-            )
-            _set(result, finished_at=timezone.now(), status=TaskResultStatus.FAILED)
-            task_finished.send(sender=sender, task_result=result)
+            _fail(result, e, sender)
             raise
         _set(result, finished_at=timezone.now(), status=TaskResultStatus.SUCCESSFUL)
         task_finished.send(sender=sender, task_result=result)
@@ -249,14 +241,24 @@ def not_run(result: TaskResult[..., t.Any], sender: type) -> None:
         f"'{result.task.module_path}' was not run: its runner dropped it (queue full) or"
         " lost it (shut down, or the response never closed); the 'wsgi_after' log names it."
     )
+    _fail(result, error, sender, robust=True)
+
+
+def _fail(
+    result: TaskResult[..., t.Any], error: BaseException, sender: type, *, robust: bool = False
+) -> None:
+    """Mark ``result`` ``FAILED`` with ``error`` and send ``task_finished`` (robustly
+    where a receiver's error must not escape: a call let go unrun)."""
+    error_class = type(error)
     result.errors.append(
         TaskError(
-            exception_class_path=f"{TaskNotRun.__module__}.{TaskNotRun.__qualname__}",
+            exception_class_path=f"{error_class.__module__}.{error_class.__qualname__}",
             traceback="".join(traceback.format_exception(error)),
         )
     )
     _set(result, finished_at=timezone.now(), status=TaskResultStatus.FAILED)
-    task_finished.send_robust(sender=sender, task_result=result)
+    send = task_finished.send_robust if robust else task_finished.send
+    send(sender=sender, task_result=result)
 
 
 def worker_id() -> str:
