@@ -26,7 +26,8 @@ import time
 import typing as t
 import weakref
 
-from . import _watchdog, lifecycle
+from . import lifecycle
+from ._watchdog import report_slow, start_watchdog
 from ._worker import Crew, Worker, wake
 from .callback_stats import CallbackStats, for_runner
 from .losslog import LossLog
@@ -268,7 +269,7 @@ class ThreadRunner:
                 break
             self._live += 1
             if self.slow_callback is not None and self._watchdog is None:
-                self._watchdog = _watchdog.start(self._ref, self.name, self.slow_callback)
+                self._watchdog = start_watchdog(self._ref, self.name, self.slow_callback)
 
     def workers(self) -> list[Worker] | None:
         """The records of the live worker threads (what each runs now), for the
@@ -279,7 +280,7 @@ class ThreadRunner:
     def report_slow(self, worker: Worker, task: object, running_for: float) -> None:
         """Report, once, a callback the watchdog saw running for ``running_for`` seconds:
         a WARNING with its thread's stack, a ``"slow"`` event, ``stats().hung``."""
-        _watchdog.report(self, worker, task, running_for)
+        report_slow(self, worker, task, running_for)
         with self._lock:  # counted once it is logged: whoever sees the count sees the line
             self._hung += 1
 

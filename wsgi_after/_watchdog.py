@@ -27,7 +27,9 @@ if t.TYPE_CHECKING:
 logger = logging.getLogger("wsgi_after")
 
 
-def start(ref: weakref.ref[ThreadRunner], name: str, slow: float) -> threading.Thread | None:
+def start_watchdog(
+    ref: weakref.ref[ThreadRunner], name: str, slow: float
+) -> threading.Thread | None:
     """Start the watchdog thread of the runner ``ref``; None if no thread can be had."""
     watchdog = threading.Thread(
         target=watch,
@@ -75,7 +77,7 @@ def watch(ref: weakref.ref[ThreadRunner], slow: float, generation: int) -> None:
         runner = task = None  # hold the runner only while sampling
 
 
-def report(runner: ThreadRunner, worker: Worker, task: object, running_for: float) -> None:
+def report_slow(runner: ThreadRunner, worker: Worker, task: object, running_for: float) -> None:
     """Log a callback seen running for ``running_for`` seconds on ``runner``'s
     ``worker`` at WARNING, with its thread's stack, and emit a ``"slow"`` event."""
     request, names = describe_task(task)

@@ -7,8 +7,8 @@ so that what is sent is what they were then. At the response's close,
 :func:`build` makes the chain's payload from those copies, and
 :func:`trace_headers` the W3C trace context for the message headers::
 
-    check(func, args, kwargs, allow, "json")  # in the request: may raise TypeError
-    payload = build(chain, allow, "json")  # at close
+    check_payload(func, args, kwargs, allow, "json")  # in the request: may raise TypeError
+    payload = build_payload(chain, allow, "json")  # at close
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ _CHECKED: contextvars.ContextVar[Checked | None] = contextvars.ContextVar(
 )
 
 
-def check(
+def check_payload(
     func: t.Any,
     args: tuple[t.Any, ...],
     kwargs: dict[str, t.Any],
@@ -69,7 +69,7 @@ def check(
         _CHECKED.set(Checked(kwargs, reference, *snapshot))
 
 
-def build(chain: Chain, allow: tuple[str, ...], serializer: str) -> dict[str, t.Any]:
+def build_payload(chain: Chain, allow: tuple[str, ...], serializer: str) -> dict[str, t.Any]:
     """The payload of ``chain``'s message: each callback as :func:`check` kept it (one
     not checked, queued under another runner, is checked now)."""
     callbacks = []

@@ -36,8 +36,8 @@ from ..callback_stats import CallbackStats, NameStats, for_runner
 from ..losslog import LossLog
 from ..naming import callback_name
 from ..runner import ThreadRunner
-from . import _payload
 from ._connections import forget_inherited
+from ._payload import build_payload, check_payload, trace_headers
 from .message import TASK_NAME, describe, event_name, safe_text
 from .policy import configure_allow
 
@@ -190,7 +190,7 @@ class CeleryRunner:
         :raises TypeError: if ``func`` is neither a Celery task nor a module-level
             function of a module in ``allow``, or its arguments do not serialize.
         """
-        _payload.check(func, args, kwargs, self.allow, self.serializer)
+        check_payload(func, args, kwargs, self.allow, self.serializer)
 
     def submit(self, fn: t.Callable[[], object], /) -> None:
         """Queue the chain's message for the publisher thread; never blocks."""
@@ -198,8 +198,8 @@ class CeleryRunner:
             raise TypeError(
                 f"'CeleryRunner' publishes request chains only, got {type(fn).__name__!r}."
             )
-        payload = _payload.build(fn, self.allow, self.serializer)
-        headers = _payload.trace_headers(fn)
+        payload = build_payload(fn, self.allow, self.serializer)
+        headers = trace_headers(fn)
         fn.discard()  # its callbacks now live in the payload
         with self._lock:
             full = self._queued >= self.max_pending
