@@ -217,7 +217,7 @@ def test_callbacks_see_their_request_after_the_server_reused_its_environ() -> No
     assert seen == [("POST", "/first")]
 
 
-def test_a_request_that_queued_nothing_never_takes_the_hand_over_lock(
+def test_a_request_takes_the_hand_over_lock_only_in_its_own_after_calls(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import wsgi_after._chain
@@ -236,6 +236,9 @@ def test_a_request_that_queued_nothing_never_takes_the_hand_over_lock(
         def release(self) -> None:
             self.lock.release()
 
+        def locked(self) -> bool:
+            return self.lock.locked()
+
         def __enter__(self) -> None:
             self.acquire()
 
@@ -249,7 +252,49 @@ def test_a_request_that_queued_nothing_never_takes_the_hand_over_lock(
     serve(app)
     assert taken == []
     serve(AfterMiddleware(text_app(lambda environ: after(print, end="")), runner=InlineRunner()))
-    assert taken == ["taken", "taken"]  # after(), then close() waits for any after()
+    # after() takes it; close() only looks whether some after() holds it now (none
+    # does: this request's own returned before close()).
+    assert taken == ["taken"]
+
+
+def test_close_waits_for_an_after_appending_in_another_thread() -> None:
+    # A thread with the request's context is inside after(), holding the hand-over
+    # lock, when the server closes the response: close() waits for it, so that the
+    # callback after() accepted is run, not dropped.
+    appending = threading.Event()
+    go_on = threading.Event()
+    ran: list[str] = []
+
+    class SlowList(list):  # type: ignore[type-arg]
+        def append(self, entry: t.Any) -> None:
+            appending.set()
+            assert go_on.wait(TIMEOUT)
+            super().append(entry)
+
+    contexts: list[contextvars.Context] = []
+
+    def view(environ: WSGIEnvironment) -> None:
+        environ["wsgi_after.chain"].callbacks = SlowList()
+        contexts.append(contextvars.copy_context())
+
+    response = call(AfterMiddleware(text_app(view), runner=InlineRunner()))
+    b"".join(response)
+    racer = threading.Thread(target=contexts[0].run, args=(after, ran.append, "late"))
+    racer.start()
+    assert appending.wait(TIMEOUT)
+    closer = threading.Thread(target=response.close)
+    closer.start()
+    try:
+        closer.join(0.2)  # a bounded look: close() is still waiting for the after()
+        waited = closer.is_alive()
+    finally:
+        go_on.set()
+    closer.join(TIMEOUT)
+    racer.join(TIMEOUT)
+    assert not closer.is_alive()
+    assert not racer.is_alive()
+    assert ran == ["late"]
+    assert waited
 
 
 def test_a_closed_request_keeps_none_of_its_objects() -> None:

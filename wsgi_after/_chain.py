@@ -179,9 +179,10 @@ class Chain(ClosingResponse, RequestView):
         if self.state != OPEN:
             return
         self.state = CLOSING  # from here on, after() refuses
-        if self.notes & APPENDED:
+        if self.notes & APPENDED and handover.locked():
             # An after() may be appending right now, in another thread: wait for it,
-            # so that its callback is either seen below or was refused.
+            # so that its callback is either seen below or was refused. (Not held:
+            # every after() either returned, seen below, or will see CLOSING.)
             handover.acquire()
             handover.release()
         token = self.token
@@ -219,7 +220,7 @@ class Chain(ClosingResponse, RequestView):
             self.closed_at = time.monotonic()
         runner = _forced_runner or self.runner
         watch = None
-        if isinstance(runner, _Executor):
+        if issubclass(type(runner), _Executor):  # (isinstance() also asks __class__)
             # Named now: an executor's thread may run the chain before submit() returns.
             watch = _FutureWatch(self.callback_names(), self.describe())
         try:
@@ -238,7 +239,7 @@ class Chain(ClosingResponse, RequestView):
             if not isinstance(e, Exception):
                 raise
             return
-        if isinstance(result, _Future):  # an executor, or a duck-typed one
+        if result is not None and isinstance(result, _Future):  # an executor's, or duck-typed
             result.add_done_callback(watch or _FutureWatch(self.callback_names(), self.describe()))
 
 

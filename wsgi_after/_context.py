@@ -51,11 +51,14 @@ CURRENT: contextvars.ContextVar[RequestView | None] = contextvars.ContextVar(
     "wsgi_after.chain", default=None
 )
 
-# Taken by after(), which marks the chain (notes & APPENDED) before it looks at
-# the state; Chain.on_close() sets CLOSING, then, for a marked chain only, takes
-# the lock once before it reads the callbacks. So an after() racing close() from
-# another thread either appended before the hand-over (and is run) or saw CLOSING
-# (and raised); a request that queued nothing never takes the lock.
+# Held by after() while it looks at the chain's state and appends (it marks the
+# chain, notes & APPENDED, first); Chain.on_close() sets CLOSING, then, for a
+# marked chain while the lock is held (an after() is inside, in some thread), takes
+# it once before it reads the callbacks. So an after() racing close() from another
+# thread either appended before the hand-over (and is run) or saw CLOSING (and
+# raised). A request that queued nothing never takes the lock, and one whose
+# after() calls all returned before close() (the request's own thread) takes it
+# only in after().
 handover = threading.Lock()
 
 # Looked up once, not per after() call.
