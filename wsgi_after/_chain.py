@@ -7,7 +7,7 @@ when the server closes the response :meth:`Chain.on_close` hands it to the
 runner with one ``submit``; the runner later calls it, which runs the callbacks
 (:func:`~wsgi_after._execute.run_callbacks`)::
 
-    chain = Chain(environ, runner, start_response)
+    chain = start_request(environ, runner, start_response)  # current, and in environ
     result = chain.wrap(app(environ, chain.start_response))
     ...  # the server iterates result, then calls result.close(): on_close()
 
@@ -36,7 +36,6 @@ from ._request import (
     MAX_CALLBACKS,
     OPEN,
     QUEUED,
-    Entry,
     RequestView,
 )
 from ._response import ClosingResponse, ListMixin, SizedMixin
@@ -58,6 +57,8 @@ CURRENT = _context.CURRENT
 handover = _context.handover
 
 # Looked up once, not per request.
+_new = object.__new__
+_MISSING = contextvars.Token.MISSING  # a token's old_value when the variable had none
 _Executor = concurrent.futures.Executor
 _Future = concurrent.futures.Future
 
@@ -101,45 +102,16 @@ class Chain(ClosingResponse, RequestView):
     #: first :func:`after` switches to; every subclass names its own.
     pending: t.ClassVar[type[RequestView]]
 
-    def __init__(
-        self,
-        environ: WSGIEnvironment,
-        runner: Submits,
-        start_response: StartResponse,
-        max_callbacks: int = MAX_CALLBACKS,
-    ) -> None:
-        # Only what a request that queues nothing reads, and the public fields: every
-        # write here is paid by every request. ``_inner`` is set by wrap(), ``thread``
-        # when the chain runs.
-        self._once = [None]
-        self.completed = False
-        self.callbacks: list[Entry | None] = []
-        #: The request's environ; a snapshot of it once the server closed the
-        #: response (servers may clear and reuse theirs); None once done.
-        self.environ: WSGIEnvironment | None = environ
-        #: Where :meth:`on_close` submits the chain.
-        self.runner: Submits = runner
-        self._start_response: StartResponse | None = start_response
-        self.max_callbacks = max_callbacks
-        #: The status line the server accepted from ``start_response``.
-        self.status: str | None = None
-        #: Integrations' seam: a factory of the context manager entered around each
-        #: callback (the Flask extension pushes the request context with it).
-        self.scope: t.Callable[[], t.ContextManager[object]] | None = None
-        #: The ``CURRENT`` token to reset when the response closes.
-        self.token: contextvars.Token[RequestView | None] | None = None
-        self.error = self.file_response = None
-        #: Index of the callback running now (or of the next to run).
-        self.started = 0
-        #: Bit flags: what was already logged once for this chain, and whether a
-        #: callback's scope is being torn down.
-        self.notes = 0
-        self.state = OPEN
-        #: ``time.monotonic()`` at close, for the events' queue delay (only while
-        #: someone listens).
-        self.closed_at = 0.0
-        #: The thread running the callbacks, while RUNNING (set then).
-        self.thread: int
+    # The fields (start_request() sets them: a function, not __init__, because a
+    # class's call to its __init__ costs every request more).
+    _start_response: StartResponse | None
+    #: The request's environ; a snapshot of it once the server closed the
+    #: response (servers may clear and reuse theirs); None once done.
+    environ: WSGIEnvironment | None
+    #: Where :meth:`on_close` submits the chain.
+    runner: Submits
+    #: The ``CURRENT`` token to reset when the response closes.
+    token: contextvars.Token[RequestView | None] | None
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
@@ -241,6 +213,44 @@ class Chain(ClosingResponse, RequestView):
             return
         if result is not None and isinstance(result, _Future):  # an executor's, or duck-typed
             result.add_done_callback(watch or _FutureWatch(self.callback_names(), self.describe()))
+
+
+def start_request(
+    environ: WSGIEnvironment,
+    runner: Submits,
+    start_response: StartResponse,
+    max_callbacks: int = MAX_CALLBACKS,
+) -> Chain:
+    """Make the chain of a request that starts now, and make it current: the
+    :data:`~wsgi_after._context.CURRENT` request of this context and
+    ``environ["wsgi_after.chain"]``, until its response closes (:meth:`Chain.on_close`
+    resets it), so that ``after()`` also works while the server iterates the body.
+    """
+    chain = _new(Chain)
+    # Only what a request that queues nothing reads, and the public fields: every
+    # write here is paid by every request. ``_inner`` is set by wrap(), ``thread``
+    # when the chain runs.
+    chain._once = [None]
+    chain.completed = False
+    chain.callbacks = []
+    chain.environ = environ
+    chain.runner = runner
+    chain._start_response = start_response
+    chain.max_callbacks = max_callbacks
+    chain.status = chain.scope = chain.error = chain.file_response = None
+    chain.started = chain.notes = 0
+    chain.state = OPEN
+    chain.closed_at = 0.0
+    environ["wsgi_after.chain"] = chain
+    chain.token = token = CURRENT.set(chain)
+    previous = token.old_value
+    if previous is not _MISSING and previous is not None and previous.returned():
+        # A request of this context whose response was never closed (or was closed
+        # from another thread): this one is not nested in it. Its token must not
+        # keep it alive, nor make it current again when this one closes.
+        CURRENT.set(None)
+        chain.token = CURRENT.set(chain)
+    return chain
 
 
 class _FutureWatch:

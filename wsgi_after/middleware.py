@@ -14,12 +14,11 @@
 
 from __future__ import annotations
 
-import contextvars
 import sys
 import typing as t
 
 from . import _context, lifecycle
-from ._chain import Chain
+from ._chain import start_request
 from ._request import MAX_CALLBACKS
 from ._response import ClosingResponse, FileWrapperHook, closes_in_place
 from .runner import OnFull, Submits, ThreadRunner
@@ -30,13 +29,7 @@ if t.TYPE_CHECKING:
 
 RunnerT = t.TypeVar("RunnerT", bound=Submits)
 
-# Bound by assignment, not by 'from ... import': CPython 3.11 compiles a method call on
-# a name an import bound (CURRENT.set()) as an attribute load that makes a bound-method
-# object per call.
 CURRENT = _context.CURRENT
-
-
-_MISSING = contextvars.Token.MISSING  # a token's old_value when the variable had none
 
 
 class AfterMiddleware(t.Generic[RunnerT]):
@@ -149,18 +142,7 @@ class AfterMiddleware(t.Generic[RunnerT]):
     ) -> t.Iterable[bytes]:
         if "wsgi_after.chain" in environ:
             return self.app(environ, start_response)
-        chain = Chain(environ, self.runner, start_response, self.max_callbacks)
-        environ["wsgi_after.chain"] = chain
-        # Current until the response closes (on_close resets it), so that after()
-        # works while the server iterates a streaming body.
-        chain.token = token = CURRENT.set(chain)
-        previous = token.old_value
-        if previous is not None and previous is not _MISSING and previous.returned():
-            # A request of this context whose response was never closed (or was closed
-            # from another thread): this one is not nested in it. Its token must not
-            # keep it alive, nor make it current again when this one closes.
-            CURRENT.set(None)
-            chain.token = CURRENT.set(chain)
+        chain = start_request(environ, self.runner, start_response, self.max_callbacks)
         file_wrapper = environ.get("wsgi.file_wrapper")
         hook = None
         if file_wrapper is not None and file_wrapper is not self._file_class:
