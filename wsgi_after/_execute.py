@@ -86,7 +86,6 @@ def run_callbacks(chain: RequestView) -> bool:
                             result = ctx.run(func)
                         if result is not None:
                             ctx.run(_finish, func, result)
-                            result = None
                     error = None
                 except BaseException as e:
                     error = e
@@ -100,7 +99,7 @@ def run_callbacks(chain: RequestView) -> bool:
                     interrupt = error
             if lifecycle.generation != generation:
                 return ok  # a forked child that returned from the callback
-            callbacks[i] = func = args = kwargs = ctx = error = None
+            callbacks[i] = func = args = kwargs = ctx = error = result = None
             i += 1
     finally:
         if lifecycle.generation == generation:
