@@ -105,9 +105,6 @@ class Chain(ClosingResponse, RequestView):
     # The fields (start_request() sets them: a function, not __init__, because a
     # class's call to its __init__ costs every request more).
     _start_response: StartResponse | None
-    #: The request's environ; a snapshot of it once the server closed the
-    #: response (servers may clear and reuse theirs); None once done.
-    environ: WSGIEnvironment | None
     #: Where :meth:`on_close` submits the chain.
     runner: Submits
     #: The ``CURRENT`` token to reset when the response closes.

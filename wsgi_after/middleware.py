@@ -17,8 +17,9 @@ from __future__ import annotations
 import sys
 import typing as t
 
-from . import _context, lifecycle
+from . import lifecycle
 from ._chain import start_request
+from ._context import CURRENT
 from ._request import MAX_CALLBACKS
 from ._response import ClosingResponse, FileWrapperHook, closes_in_place
 from .runner import OnFull, Submits, ThreadRunner
@@ -28,8 +29,6 @@ if t.TYPE_CHECKING:
 
 
 RunnerT = t.TypeVar("RunnerT", bound=Submits)
-
-CURRENT = _context.CURRENT
 
 
 class AfterMiddleware(t.Generic[RunnerT]):
